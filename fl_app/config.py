@@ -1,0 +1,279 @@
+"""The typed run configuration, parsed and validated from Flower's flat ``run_config``.
+
+Flower hands every app a flat mapping of kebab-case keys (defaults in
+``[tool.flwr.app.config]`` of ``pyproject.toml``, overridden by ``flwr run
+--run-config`` or by the Hydra entry point). :func:`parse_run_config` turns it into
+frozen dataclasses and rejects every invalid value before any training starts, with
+an error that names the key, the value received and what is allowed.
+
+This module imports neither TensorFlow nor Flower so that the Hydra entry point can
+validate a configuration in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DATASETS = ("digits", "synthetic", "mnist", "cifar10")
+HUB_DATASETS = ("mnist", "cifar10")
+PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
+MODELS = ("cnn", "mlp", "softmax")
+STRATEGIES = ("fedavg",)
+OPTIMIZERS = ("adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration value."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which data to load and how to hold out central test and client validation."""
+
+    name: str
+    test_fraction: float
+    val_fraction: float
+    # Synthetic(alpha, beta) of Li et al. (FedProx, 2020); ignored by other datasets.
+    alpha: float
+    beta: float
+    iid: bool
+    samples_per_client: int
+    dim: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the training pool is split over the clients."""
+
+    name: str
+    alpha: float
+    classes_per_client: int
+    min_size: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which Keras builder to use and its width multiplier."""
+
+    name: str
+    width: float
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Local training on each client."""
+
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one federated run needs, validated."""
+
+    seed: int
+    num_rounds: int
+    num_clients: int
+    clients_per_round: int
+    evaluate_clients_per_round: int
+    strategy: str
+    output_dir: str
+    save_model: bool
+    dataset: DatasetConfig
+    partition: PartitionConfig
+    model: ModelConfig
+    client: ClientConfig
+
+
+@dataclass(frozen=True)
+class _Field:
+    kind: type
+    default: Any
+    rule: str = ""
+    check: Callable[[Any], bool] | None = None
+    choices: tuple[str, ...] | None = None
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _fraction(value: float) -> bool:
+    return 0 < value < 1
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+# The one schema of the flat run config: key -> type, default and rule. The defaults
+# here and in pyproject.toml's [tool.flwr.app.config] are kept equal by a unit test.
+FIELDS: dict[str, _Field] = {
+    "seed": _Field(int, 42, ">= 0", _non_negative),
+    "num-rounds": _Field(int, 20, ">= 1", _positive),
+    "num-clients": _Field(int, 10, ">= 1", _positive),
+    "clients-per-round": _Field(int, 10, "1 <= value <= num-clients", _positive),
+    "evaluate-clients-per-round": _Field(
+        int, 10, "0 (no federated evaluation) <= value <= num-clients", _non_negative
+    ),
+    "strategy": _Field(str, "fedavg", choices=STRATEGIES),
+    "output-dir": _Field(str, ""),
+    "save-model": _Field(bool, True),
+    "dataset": _Field(str, "digits", choices=DATASETS),
+    "dataset-test-fraction": _Field(float, 0.2, "0 < value < 1", _fraction),
+    "dataset-val-fraction": _Field(float, 0.1, "0 < value < 1", _fraction),
+    "dataset-alpha": _Field(float, 1.0, ">= 0", _non_negative),
+    "dataset-beta": _Field(float, 1.0, ">= 0", _non_negative),
+    "dataset-iid": _Field(bool, False),
+    "dataset-samples-per-client": _Field(
+        int, 0, ">= 0 (0 draws sizes from a log-normal as in FedProx)", _non_negative
+    ),
+    "dataset-dim": _Field(int, 60, ">= 1", _positive),
+    "dataset-num-classes": _Field(int, 10, ">= 2", lambda v: v >= 2),
+    "partition": _Field(str, "dirichlet", choices=PARTITIONS),
+    "partition-alpha": _Field(float, 0.5, "> 0", _positive),
+    "partition-classes-per-client": _Field(int, 2, ">= 1", _positive),
+    "partition-min-size": _Field(int, 10, ">= 1", _positive),
+    "model": _Field(str, "cnn", choices=MODELS),
+    "model-width": _Field(float, 1.0, "0 < value <= 1", lambda v: 0 < v <= 1),
+    "client-local-epochs": _Field(int, 1, ">= 1", _positive),
+    "client-batch-size": _Field(int, 32, ">= 1", _positive),
+    "client-learning-rate": _Field(float, 0.005, "> 0", _positive),
+    "client-optimizer": _Field(str, "adam", choices=OPTIMIZERS),
+}
+
+
+def default_run_config() -> dict[str, Any]:
+    """Return the flat default run config (the values pyproject.toml must declare)."""
+    return {key: field.default for key, field in FIELDS.items()}
+
+
+def _coerce(key: str, value: Any, field: _Field) -> Any:
+    """Check the type of one value, accepting an int where a float belongs."""
+    kind = field.kind
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            ok = math.isfinite(value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(
+            f"run config key '{key}': expected {kind.__name__}, "
+            f"received {value!r} ({type(value).__name__})"
+        )
+    if field.choices is not None and value not in field.choices:
+        raise ConfigError(
+            f"run config key '{key}': received {value!r}, "
+            f"allowed: {', '.join(field.choices)}"
+        )
+    if field.check is not None and not field.check(value):
+        raise ConfigError(
+            f"run config key '{key}': received {value!r}, allowed: {field.rule}"
+        )
+    return value
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"run config key '{key}': received {value!r}, allowed: {allowed}")
+
+
+def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
+    """Validate Flower's flat run config and return the typed :class:`RunConfig`.
+
+    Parameters
+    ----------
+    flat : Mapping[str, Any]
+        Kebab-case keys as in ``[tool.flwr.app.config]``; missing keys take the
+        defaults of :data:`FIELDS`.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown key, a value of the wrong type, a value out of range or an
+        impossible combination; the message names the key, the value and what is
+        allowed.
+    """
+    unknown = sorted(set(flat) - set(FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown run config key(s): {', '.join(unknown)}; "
+            f"known keys: {', '.join(FIELDS)}"
+        )
+    v = {key: _coerce(key, flat.get(key, f.default), f) for key, f in FIELDS.items()}
+
+    if v["clients-per-round"] > v["num-clients"]:
+        raise _fail(
+            "clients-per-round",
+            v["clients-per-round"],
+            f"1 <= value <= num-clients ({v['num-clients']})",
+        )
+    if v["evaluate-clients-per-round"] > v["num-clients"]:
+        raise _fail(
+            "evaluate-clients-per-round",
+            v["evaluate-clients-per-round"],
+            f"0 <= value <= num-clients ({v['num-clients']})",
+        )
+    if v["dataset-test-fraction"] + v["dataset-val-fraction"] >= 1:
+        raise _fail(
+            "dataset-val-fraction",
+            v["dataset-val-fraction"],
+            f"dataset-test-fraction + value < 1 "
+            f"(dataset-test-fraction is {v['dataset-test-fraction']})",
+        )
+    synthetic = v["dataset"] == "synthetic"
+    if synthetic != (v["partition"] == "natural"):
+        raise _fail(
+            "partition",
+            v["partition"],
+            "'natural' exactly when dataset=synthetic (its generator makes each "
+            "client's data itself); iid, dirichlet or pathological otherwise",
+        )
+    if v["model"] == "cnn" and synthetic:
+        raise _fail("model", v["model"], "mlp or softmax for dataset=synthetic (vectors)")
+
+    return RunConfig(
+        seed=v["seed"],
+        num_rounds=v["num-rounds"],
+        num_clients=v["num-clients"],
+        clients_per_round=v["clients-per-round"],
+        evaluate_clients_per_round=v["evaluate-clients-per-round"],
+        strategy=v["strategy"],
+        output_dir=v["output-dir"],
+        save_model=v["save-model"],
+        dataset=DatasetConfig(
+            name=v["dataset"],
+            test_fraction=v["dataset-test-fraction"],
+            val_fraction=v["dataset-val-fraction"],
+            alpha=v["dataset-alpha"],
+            beta=v["dataset-beta"],
+            iid=v["dataset-iid"],
+            samples_per_client=v["dataset-samples-per-client"],
+            dim=v["dataset-dim"],
+            num_classes=v["dataset-num-classes"],
+        ),
+        partition=PartitionConfig(
+            name=v["partition"],
+            alpha=v["partition-alpha"],
+            classes_per_client=v["partition-classes-per-client"],
+            min_size=v["partition-min-size"],
+        ),
+        model=ModelConfig(name=v["model"], width=v["model-width"]),
+        client=ClientConfig(
+            local_epochs=v["client-local-epochs"],
+            batch_size=v["client-batch-size"],
+            learning_rate=v["client-learning-rate"],
+            optimizer=v["client-optimizer"],
+        ),
+    )

@@ -1,0 +1,126 @@
+"""The federated view of a dataset: per-client train/validation and a central test set.
+
+:func:`load_federated_data` is cached per process: a Ray worker or a deployment
+ClientApp computes the partitions once and serves every client from the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from fl_app.config import DatasetConfig, PartitionConfig, RunConfig
+from fl_app.data.datasets import (
+    ArrayDataset,
+    generate_synthetic,
+    load_digits,
+    load_hub,
+)
+from fl_app.data.partitioning import partition_indices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's local training rows and its held-out validation rows."""
+
+    train: ArrayDataset
+    val: ArrayDataset
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """All clients' data plus the server's central test set."""
+
+    clients: tuple[ClientData, ...]
+    test: ArrayDataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the features are images ``(h, w, c)`` rather than vectors."""
+        return len(self.input_shape) == 3
+
+
+def split_rows(
+    data: ArrayDataset, fraction: float, rng: np.random.Generator
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Split ``data`` at random into ``(rest, held_out)`` with ``fraction`` held out.
+
+    At least one row is held out and at least one kept when ``data`` has two or more.
+    """
+    order = rng.permutation(len(data))
+    n_out = int(round(fraction * len(data)))
+    n_out = min(max(n_out, 1), len(data) - 1) if len(data) > 1 else 0
+    return data.take(np.sort(order[n_out:])), data.take(np.sort(order[:n_out]))
+
+
+def _stratified_split(
+    data: ArrayDataset, fraction: float, seed: int
+) -> tuple[ArrayDataset, ArrayDataset]:
+    from sklearn.model_selection import train_test_split
+
+    train_idx, test_idx = train_test_split(
+        np.arange(len(data)), test_size=fraction, stratify=data.y, random_state=seed
+    )
+    return data.take(np.sort(train_idx)), data.take(np.sort(test_idx))
+
+
+def _client_splits(
+    pools: list[ArrayDataset], val_fraction: float, seed: int
+) -> tuple[ClientData, ...]:
+    clients = []
+    for pid, pool in enumerate(pools):
+        rng = np.random.default_rng([seed, pid])
+        train, val = split_rows(pool, val_fraction, rng)
+        clients.append(ClientData(train=train, val=val))
+    return tuple(clients)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(
+    dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
+) -> FederatedData:
+    if dataset.name == "synthetic":
+        generated = generate_synthetic(dataset, num_clients, seed)
+        pools, tests = [], []
+        for pid, data in enumerate(generated):
+            rest, test = split_rows(data, dataset.test_fraction, np.random.default_rng([seed, pid, 1]))
+            pools.append(rest)
+            tests.append(test)
+        test = ArrayDataset(
+            np.concatenate([t.x for t in tests]), np.concatenate([t.y for t in tests])
+        )
+        num_classes = dataset.num_classes
+    else:
+        if dataset.name == "digits":
+            train_pool, test = _stratified_split(load_digits(), dataset.test_fraction, seed)
+        else:  # hub datasets keep their own test split
+            train_pool, test = load_hub(dataset.name)
+        parts = partition_indices(train_pool.y, partition, num_clients, seed)
+        pools = [train_pool.take(idx) for idx in parts]
+        num_classes = int(train_pool.y.max()) + 1
+    clients = _client_splits(pools, dataset.val_fraction, seed)
+    log.debug(
+        "federated %s: %d clients, sizes %s, central test %d",
+        dataset.name,
+        num_clients,
+        [len(c.train) for c in clients],
+        len(test),
+    )
+    return FederatedData(
+        clients=clients,
+        test=test,
+        input_shape=tuple(test.x.shape[1:]),
+        num_classes=num_classes,
+    )
+
+
+def load_federated_data(cfg: RunConfig) -> FederatedData:
+    """Return the (process-cached) federated data for a run configuration."""
+    return _load(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)

@@ -1,0 +1,369 @@
+"""Run the Flower app in Flower's simulation runtime from Python, owning the SuperLink.
+
+:func:`run_simulation` starts a private ``flower-superlink --simulation`` (its own
+``FLWR_HOME`` and a free port, so it never meets a user's SuperLink or another
+launcher's), submits the app with ``flwr run --stream``, streams the run's log, asks
+the SuperLink for the run's final status, and stops the SuperLink and everything it
+started. A failed run raises :class:`FlowerRunError` carrying Flower's error.
+
+This module does not import TensorFlow: the training happens in Flower's processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parent.parent
+CONNECTION = "fl-dnn"
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+
+
+class FlowerRunError(RuntimeError):
+    """The Flower run failed, or could not be started or completed."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a finished run left behind."""
+
+    run_id: int
+    status: str
+    output_dir: Path
+    summary: dict[str, Any]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_toml_table(values: Mapping[str, Any], path: Path) -> None:
+    """Write flat ``key = value`` pairs as TOML (the form ``--run-config FILE`` takes)."""
+    lines = [f'"{key}" = {_toml_value(value)}' for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _tool(name: str) -> str:
+    """Return the path of a Flower CLI next to this interpreter (the project's venv)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise FlowerRunError(f"'{name}' was not found; is flwr installed (uv sync)?")
+    return found
+
+
+class LocalSuperLink:
+    """A private ``flower-superlink --simulation`` that is stopped with its children."""
+
+    def __init__(self, startup_timeout_s: float = 60.0) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="fl-dnn-flwr-"))
+        self.port = _free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(self.home),
+            # Offline: never let the SuperLink try `uv sync` for the app.
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        self.log_path = self.home / "superlink.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the SuperLink's Control API."""
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LocalSuperLink:
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
+        )
+        command = [
+            _tool("flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                command,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group, stopped as one
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise FlowerRunError(
+                    f"flower-superlink exited with code {self.process.returncode}:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"http://{self.address}/health", timeout=1.0).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise FlowerRunError(
+            f"flower-superlink did not become ready within {self.startup_timeout_s:.0f}s:\n"
+            f"{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the SuperLink's log."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def cli(self, *args: str, timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
+        """Run a ``flwr`` CLI command against this SuperLink."""
+        return subprocess.run(
+            [_tool("flwr"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self) -> None:
+        """Stop the SuperLink and every process in its group; remove its home."""
+        process, self.process = self.process, None
+        if process is not None:
+            _stop_group(process)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    try:
+        pgid = os.getpgid(process.pid)
+    except ProcessLookupError:
+        pgid = None
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if pgid is None:
+            break
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_alive(pgid):
+            if process.poll() is None:
+                time.sleep(0.1)
+            else:
+                time.sleep(0.1)
+        if not _group_alive(pgid):
+            break
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        log.warning("flower-superlink (pid %d) did not exit", process.pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_status(link: LocalSuperLink, run_id: int) -> tuple[str, str]:
+    result = link.cli("ls", "--run-id", str(run_id), "--format", "json")
+    try:
+        runs = json.loads(result.stdout)["runs"]
+        return runs[0]["status"], runs[0].get("status-details") or ""
+    except (ValueError, KeyError, IndexError) as err:
+        raise FlowerRunError(
+            f"could not read the status of run {run_id}: {result.stdout}{result.stderr}"
+        ) from err
+
+
+def run_simulation(
+    run_config: Mapping[str, Any],
+    *,
+    output_dir: Path,
+    num_supernodes: int,
+    client_num_cpus: int = 1,
+    app_dir: Path = APP_DIR,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> RunOutcome:
+    """Run the app once in Flower's simulation runtime and return its outcome.
+
+    Parameters
+    ----------
+    run_config : Mapping[str, Any]
+        Flat run-config overrides (keys of ``[tool.flwr.app.config]``).
+        ``output-dir`` is set to ``output_dir``.
+    output_dir : Path
+        Where the ServerApp writes the results.
+    num_supernodes : int
+        Simulated SuperNodes (one per client partition).
+    client_num_cpus : int
+        CPUs reserved per simulated client (Ray actor resources).
+    app_dir : Path
+        The Flower app (the directory holding ``pyproject.toml``).
+    timeout_s : float | None
+        Stop the run and fail when it takes longer.
+    echo : Callable[[str], None] | None
+        Receives each line of the run's log as it streams (default: stdout).
+
+    Raises
+    ------
+    FlowerRunError
+        When the run cannot be started, fails, or times out; the message holds
+        Flower's error and the end of the run's log.
+    """
+    echo = echo or (lambda line: print(line, flush=True))
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    overrides = {**run_config, "output-dir": str(output_dir)}
+    with LocalSuperLink() as link:
+        config_file = link.home / "run_config.toml"
+        write_toml_table(overrides, config_file)
+        command = [
+            _tool("flwr"),
+            "run",
+            str(app_dir),
+            CONNECTION,
+            "--run-config",
+            str(config_file),
+            "--federation-config",
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}",
+            "--stream",
+        ]
+        streamed: list[str] = []
+        run_id = _stream(command, link, streamed, echo, timeout_s)
+        status, details = _run_status(link, run_id)
+        (output_dir / "flower.log").write_text("\n".join(streamed) + "\n")
+        if status != "finished:completed":
+            tail = "\n".join(streamed[-30:])
+            raise FlowerRunError(
+                f"Flower run {run_id} ended as '{status}'"
+                + (f" ({details})" if details else "")
+                + f"; last log lines:\n{tail}"
+            )
+    summary_path = output_dir / "summary.json"
+    if not summary_path.exists():
+        raise FlowerRunError(f"run {run_id} completed but wrote no {summary_path}")
+    return RunOutcome(
+        run_id=run_id,
+        status=status,
+        output_dir=output_dir,
+        summary=json.loads(summary_path.read_text()),
+    )
+
+
+def _stream(
+    command: list[str],
+    link: LocalSuperLink,
+    streamed: list[str],
+    echo: Callable[[str], None],
+    timeout_s: float | None,
+) -> int:
+    """Run ``flwr run --stream``, pass its lines on, and return the run id.
+
+    A reader thread collects the lines so the timeout holds even while the run
+    prints nothing.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    lines: queue.Queue[str | None] = queue.Queue()
+    run_id: int | None = None
+    with subprocess.Popen(
+        command,
+        env=link.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        stdout = process.stdout
+
+        def read() -> None:
+            for raw in stdout:
+                lines.put(raw.rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                line = lines.get(timeout=wait)
+            except queue.Empty:
+                process.kill()
+                if run_id is not None:
+                    link.cli("stop", str(run_id), CONNECTION, timeout=30)
+                raise FlowerRunError(
+                    f"Flower run {run_id} did not finish within {timeout_s:.0f}s"
+                ) from None
+            if line is None:
+                break
+            streamed.append(line)
+            echo(line)
+            match = _RUN_ID.search(line)
+            if match and run_id is None:
+                run_id = int(match.group(1))
+        process.wait()
+    if run_id is None:
+        raise FlowerRunError(
+            "flwr run did not start a run:\n" + "\n".join(streamed[-30:])
+        )
+    return run_id

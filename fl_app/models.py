@@ -1,0 +1,79 @@
+"""Keras model builders with a width multiplier and explicitly named layers.
+
+Hidden widths scale with ``width`` (``units = max(1, int(round(units * width)))``,
+as Keras' MobileNet scales filters with ``alpha``); the input and the class layer keep
+their size, so a width-r model is a slice of the width-1 model. Layer names are
+stable across widths so masks and slices can be keyed by name.
+"""
+
+from __future__ import annotations
+
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
+
+from fl_app.config import ModelConfig
+
+keras = tf.keras
+
+
+def scale_units(units: int, width: float) -> int:
+    """Return the hidden width of a layer of ``units`` at width multiplier ``width``."""
+    if not 0 < width <= 1:
+        raise ValueError(f"width multiplier must be in (0, 1], received {width!r}")
+    return max(1, int(round(units * width)))
+
+
+def build_cnn(
+    input_shape: tuple[int, ...], num_classes: int, width: float = 1.0
+) -> keras.Model:
+    """Small CNN for images: two 3x3 convolutions, max pooling, one hidden dense layer."""
+    if len(input_shape) != 3:
+        raise ValueError(f"build_cnn needs image input (h, w, c), received {input_shape}")
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = keras.layers.Conv2D(
+        scale_units(32, width), 3, padding="same", activation="relu", name="conv1"
+    )(inputs)
+    x = keras.layers.Conv2D(
+        scale_units(64, width), 3, padding="same", activation="relu", name="conv2"
+    )(x)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(scale_units(128, width), activation="relu", name="fc1")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def build_mlp(
+    input_shape: tuple[int, ...], num_classes: int, width: float = 1.0
+) -> keras.Model:
+    """Two hidden ReLU layers (200 units at width 1) on flattened input."""
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = keras.layers.Dense(scale_units(200, width), activation="relu", name="fc1")(x)
+    x = keras.layers.Dense(scale_units(200, width), activation="relu", name="fc2")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def build_softmax(
+    input_shape: tuple[int, ...], num_classes: int, width: float = 1.0
+) -> keras.Model:
+    """Multinomial logistic regression (no hidden layer, so ``width`` has no effect)."""
+    del width
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="softmax")
+
+
+BUILDERS = {"cnn": build_cnn, "mlp": build_mlp, "softmax": build_softmax}
+
+
+def build_model(
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: float | None = None,
+) -> keras.Model:
+    """Build (not compile) the configured model; ``width`` overrides ``cfg.width``."""
+    return BUILDERS[cfg.name](input_shape, num_classes, cfg.width if width is None else width)

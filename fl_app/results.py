@@ -1,0 +1,121 @@
+"""Run results: ``metrics.jsonl`` (one row per round), ``summary.json`` and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "final_model.keras"
+PLOT_FILE = "accuracy_loss.png"
+
+
+def _jsonable(value: Any) -> Any:
+    """Make numpy scalars plain and non-finite floats null, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def format_round(row: Mapping[str, Any], num_rounds: int) -> str:
+    """One progress line for a round record."""
+    parts = [f"round {row['round']}/{num_rounds}"]
+    for key, label in (
+        ("central_accuracy", "central acc"),
+        ("central_loss", "central loss"),
+        ("federated_accuracy", "fed acc"),
+        ("train_loss", "train loss"),
+    ):
+        if row.get(key) is not None:
+            parts.append(f"{label} {row[key]:.4f}")
+    parts.append(f"{row.get('wall_time_s', 0):.2f}s")
+    if row.get("num_rejected"):
+        parts.append(f"rejected {row['num_rejected']}")
+    if row.get("num_failures"):
+        parts.append(f"failures {row['num_failures']}")
+    return " | ".join(parts)
+
+
+class RunRecorder:
+    """Writes one run's results into ``output_dir`` as the run goes."""
+
+    def __init__(self, output_dir: Path, num_rounds: int) -> None:
+        self.output_dir = output_dir
+        self.num_rounds = num_rounds
+        self.rows: list[dict[str, Any]] = []
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = output_dir / METRICS_FILE
+        self.metrics_path.write_text("")
+
+    def write_round(self, row: Mapping[str, Any]) -> None:
+        """Append one round's record to ``metrics.jsonl`` and log a progress line."""
+        clean = _jsonable(row)
+        self.rows.append(clean)
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+        log.info("%s", format_round(clean, self.num_rounds))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``summary.json`` (run totals added) and the plot; return the summary."""
+        totals = {
+            "rounds": len(self.rows),
+            "bytes_up": sum(row.get("bytes_up", 0) for row in self.rows),
+            "bytes_down": sum(row.get("bytes_down", 0) for row in self.rows),
+            "client_failures": sum(row.get("num_failures", 0) for row in self.rows),
+            "rejected_updates": sum(row.get("num_rejected", 0) for row in self.rows),
+        }
+        full = _jsonable({**totals, **summary})
+        (self.output_dir / SUMMARY_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        plot_rounds(self.rows, self.output_dir / PLOT_FILE)
+        return full
+
+
+def read_rows(output_dir: Path) -> list[dict[str, Any]]:
+    """Read the round records of a finished (or running) run."""
+    path = output_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Plot accuracy and loss per round (central and federated) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    rounds = [row["round"] for row in rows]
+    for prefix, style in (("central", "-o"), ("federated", "--s"), ("train", ":^")):
+        for ax, metric in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+            values = [row.get(f"{prefix}_{metric}") for row in rows]
+            if any(v is not None for v in values):
+                ax.plot(
+                    rounds,
+                    [math.nan if v is None else v for v in values],
+                    style,
+                    markersize=3,
+                    label=prefix,
+                )
+    for ax, metric in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

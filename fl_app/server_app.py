@@ -1,0 +1,127 @@
+"""Flower ServerApp: strategy and workflow built from the run config; results written.
+
+The app uses ``@app.main`` with ``LegacyContext`` and ``DefaultWorkflow`` (not
+``server_fn``) so secure aggregation can later swap in ``SecAggPlusWorkflow`` as the
+fit workflow. It writes results to the absolute ``output-dir`` of the run config,
+because Flower discards the final Context.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import cast
+
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from flwr.app import Context
+from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
+from flwr.serverapp import Grid, ServerApp
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.server.workflow.default_workflows import default_evaluate_workflow
+
+from fl_app.client import model_key
+from fl_app.config import RunConfig, parse_run_config
+from fl_app.data import load_federated_data
+from fl_app.results import MODEL_FILE, RunRecorder
+from fl_app.training import evaluate_model, get_compiled_model
+from strategies.fedavg import FedAvg
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
+    """Return the run's output directory: ``output-dir``, else ``outputs/flwr-run-<id>``."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser().resolve()
+    return Path("outputs", f"flwr-run-{run_id}").resolve()
+
+
+def _log_to_console() -> None:
+    """Show the project's INFO logs (per-round progress) in the run's log stream."""
+    logger = logging.getLogger("fl_app")
+    if not any(getattr(h, "_fl_dnn", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-8s fl-dnn: %(message)s"))
+        handler._fl_dnn = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run federated training and write the results."""
+    started = time.perf_counter()
+    cfg = parse_run_config(context.run_config)
+    output_dir = resolve_output_dir(cfg, context.run_id)
+    _log_to_console()
+    log.info("fl-dnn run %s writes results to %s", context.run_id, output_dir)
+    random.seed(cfg.seed)  # Flower samples clients with the `random` module
+
+    data = load_federated_data(cfg)
+    model = get_compiled_model(model_key(cfg, data.input_shape, data.num_classes), cfg.seed)
+    initial_weights = model.get_weights()
+    central: dict[int, tuple[float, float]] = {}
+
+    def evaluate_central(
+        server_round: int, weights: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, dict[str, Scalar]]:
+        model.set_weights(weights)
+        loss, accuracy = evaluate_model(model, data.test)
+        central[server_round] = (loss, accuracy)
+        return loss, {"accuracy": accuracy}
+
+    strategy = FedAvg(
+        num_clients=cfg.num_clients,
+        clients_per_round=cfg.clients_per_round,
+        evaluate_clients_per_round=cfg.evaluate_clients_per_round,
+        initial_parameters=ndarrays_to_parameters(initial_weights),
+        evaluate_fn=evaluate_central,
+    )
+    recorder = RunRecorder(output_dir, cfg.num_rounds)
+
+    def evaluate_and_record(grid: Grid, legacy: Context) -> None:
+        default_evaluate_workflow(grid, legacy)
+        server_round = cast(int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+        recorder.write_round(strategy.pop_round_record(server_round))
+
+    legacy = LegacyContext(
+        context=context,
+        config=ServerConfig(num_rounds=cfg.num_rounds),
+        strategy=strategy,
+    )
+    DefaultWorkflow(evaluate_workflow=evaluate_and_record)(grid, legacy)
+
+    final_weights = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+    final_round = cfg.num_rounds
+    if final_round not in central:
+        evaluate_central(final_round, final_weights, {})
+    model.set_weights(final_weights)
+    if cfg.save_model:
+        model.save(output_dir / MODEL_FILE)
+    summary = recorder.write_summary(
+        {
+            "final_accuracy": central[final_round][1],
+            "final_loss": central[final_round][0],
+            "initial_accuracy": central.get(0, (None, None))[1],
+            "wall_time_s": time.perf_counter() - started,
+            "dataset": cfg.dataset.name,
+            "partition": cfg.partition.name,
+            "strategy": cfg.strategy,
+            "num_clients": cfg.num_clients,
+            "run_config": dict(context.run_config),
+        }
+    )
+    log.info(
+        "finished %d rounds: final central accuracy %.4f, %d bytes up, %d bytes down",
+        summary["rounds"],
+        summary["final_accuracy"],
+        summary["bytes_up"],
+        summary["bytes_down"],
+    )

@@ -1,0 +1,1 @@
+"""Server-side federated algorithms: numpy and Flower only, never TensorFlow."""

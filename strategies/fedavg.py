@@ -1,0 +1,263 @@
+"""Sample-weighted FedAvg that rejects malformed updates and records every round.
+
+FedAvg: McMahan et al., AISTATS 2017, https://arxiv.org/abs/1602.05629.
+
+The strategy only samples, converts, validates and calls the numpy functions of
+:mod:`strategies.aggregation`. It aggregates client results in a fixed order (by the
+``partition_id`` each client reports), so a seeded run gives the same global model
+run after run, and keeps a per-round record (bytes sent each way, client metrics,
+central and federated evaluation) that the server app writes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    NDArrays,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg as FlowerFedAvg
+from flwr.server.strategy.aggregate import weighted_loss_avg
+
+from strategies.aggregation import aggregate_metrics, aggregate_weighted, check_update
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]
+
+
+def parameters_size(parameters: Parameters) -> int:
+    """Return the bytes of a serialized ``Parameters`` message payload."""
+    return sum(len(tensor) for tensor in parameters.tensors)
+
+
+def _client_order(item: tuple[ClientProxy, FitRes | EvaluateRes]) -> tuple[int, int]:
+    proxy, res = item
+    pid = res.metrics.get("partition_id")
+    return (int(pid) if isinstance(pid, int) else 1 << 62, proxy.node_id)
+
+
+class FedAvg(FlowerFedAvg):
+    """FedAvg over ``clients_per_round`` of ``num_clients`` clients.
+
+    Parameters
+    ----------
+    num_clients : int
+        Clients in the federation; the strategy waits until that many are connected.
+    clients_per_round : int
+        Clients sampled for training each round.
+    evaluate_clients_per_round : int
+        Clients sampled for federated evaluation each round (0 disables it).
+    initial_parameters : Parameters
+        The global model before round 1.
+    evaluate_fn : EvaluateFn | None
+        Central evaluation of the global model, called after every round.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_clients: int,
+        clients_per_round: int,
+        evaluate_clients_per_round: int,
+        initial_parameters: Parameters,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_fit=clients_per_round / num_clients,
+            fraction_evaluate=evaluate_clients_per_round / num_clients,
+            min_fit_clients=clients_per_round,
+            min_evaluate_clients=evaluate_clients_per_round,
+            min_available_clients=num_clients,
+            evaluate_fn=evaluate_fn,
+            on_fit_config_fn=lambda r: {"server_round": r},
+            on_evaluate_config_fn=lambda r: {"server_round": r},
+            initial_parameters=initial_parameters,
+        )
+        self.evaluate_clients_per_round = evaluate_clients_per_round
+        self._global: NDArrays = parameters_to_ndarrays(initial_parameters)
+        self._records: dict[int, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"FedAvg(fit {self.min_fit_clients}/{self.min_available_clients}, "
+            f"evaluate {self.evaluate_clients_per_round})"
+        )
+
+    # -- per-round record -------------------------------------------------------------
+    def _record(self, server_round: int) -> dict[str, Any]:
+        return self._records.setdefault(
+            server_round,
+            {
+                "round": server_round,
+                "started": time.perf_counter(),
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "num_failures": 0,
+                "num_rejected": 0,
+                "clients": {},
+            },
+        )
+
+    def _client_record(self, server_round: int, pid: Any, node_id: int) -> dict[str, Any]:
+        key = str(pid) if pid is not None else f"node-{node_id}"
+        return self._record(server_round)["clients"].setdefault(key, {"partition_id": pid})
+
+    def pop_round_record(self, server_round: int) -> dict[str, Any]:
+        """Return and forget the record of a finished round.
+
+        Keys: ``round``, ``wall_time_s``, ``bytes_up``, ``bytes_down``,
+        ``num_failures``, ``num_rejected``, the aggregated fit metrics
+        (``train_loss``, ``train_accuracy``), ``central_loss``/``central_accuracy``,
+        ``federated_loss``/``federated_accuracy`` where evaluated, and ``clients``
+        (one dict per client, ordered by partition id).
+        """
+        self._record(server_round)  # a round may have produced nothing to record
+        record = self._records.pop(server_round)
+        record["wall_time_s"] = time.perf_counter() - record.pop("started")
+        record["clients"] = [record["clients"][k] for k in sorted(record["clients"], key=_natural)]
+        return record
+
+    @property
+    def global_parameters(self) -> NDArrays:
+        """The current global model (after the latest accepted aggregation)."""
+        return self._global
+
+    # -- Flower Strategy --------------------------------------------------------------
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """Sample clients, send them the global model and count the bytes sent."""
+        record = self._record(server_round)
+        self._global = parameters_to_ndarrays(parameters)
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        record["bytes_down"] += sum(parameters_size(ins.parameters) for _, ins in instructions)
+        return instructions
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Validate each update, then average the accepted ones weighted by examples."""
+        record = self._record(server_round)
+        record["num_failures"] += len(failures)
+        for failure in failures:
+            log.warning("round %d: a client failed to train: %s", server_round, failure)
+        accepted: list[tuple[NDArrays, int]] = []
+        accepted_metrics: list[tuple[int, dict[str, Scalar]]] = []
+        for proxy, res in sorted(results, key=_client_order):
+            pid = res.metrics.get("partition_id")
+            client = self._client_record(server_round, pid, proxy.node_id)
+            size = parameters_size(res.parameters)
+            record["bytes_up"] += size
+            client.update(
+                {k: v for k, v in res.metrics.items() if k != "partition_id"},
+                num_examples=res.num_examples,
+                bytes_up=size,
+            )
+            reason = self._rejection(res)
+            if reason is not None:
+                record["num_rejected"] += 1
+                client["rejected"] = reason
+                log.warning(
+                    "round %d: rejected the update of client %s (node %d): %s",
+                    server_round,
+                    pid,
+                    proxy.node_id,
+                    reason,
+                )
+                continue
+            accepted.append((parameters_to_ndarrays(res.parameters), res.num_examples))
+            accepted_metrics.append((res.num_examples, res.metrics))
+
+        metrics: dict[str, Scalar] = {
+            "bytes_up": record["bytes_up"],
+            "num_accepted": len(accepted),
+            "num_rejected": record["num_rejected"],
+        }
+        if not accepted:
+            log.warning("round %d: no update accepted; the global model is unchanged", server_round)
+            return None, metrics
+        self._global = aggregate_weighted(accepted)
+        fit_metrics = aggregate_metrics(accepted_metrics)
+        record.update(fit_metrics)
+        metrics.update(fit_metrics)
+        return ndarrays_to_parameters(self._global), metrics
+
+    def _rejection(self, res: FitRes) -> str | None:
+        if res.num_examples <= 0:
+            return f"num_examples is {res.num_examples}"
+        try:
+            update = parameters_to_ndarrays(res.parameters)
+        except Exception as err:  # a payload that does not deserialize
+            return f"parameters do not deserialize: {err}"
+        return check_update(self._global, update)
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        """Evaluate the global model centrally and record the result."""
+        result = super().evaluate(server_round, parameters)
+        if result is not None and server_round > 0:
+            loss, metrics = result
+            record = self._record(server_round)
+            record["central_loss"] = loss
+            record.update({f"central_{k}": v for k, v in metrics.items()})
+        return result
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Sample clients for federated evaluation and count the bytes sent."""
+        if self.evaluate_clients_per_round == 0:
+            return []
+        instructions = super().configure_evaluate(server_round, parameters, client_manager)
+        self._record(server_round)["bytes_down"] += sum(
+            parameters_size(ins.parameters) for _, ins in instructions
+        )
+        return instructions
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """Average client evaluation loss and metrics weighted by examples."""
+        record = self._record(server_round)
+        record["num_failures"] += len(failures)
+        for failure in failures:
+            log.warning("round %d: a client failed to evaluate: %s", server_round, failure)
+        ordered = sorted(results, key=_client_order)
+        for proxy, res in ordered:
+            client = self._client_record(server_round, res.metrics.get("partition_id"), proxy.node_id)
+            client["val_loss"] = res.loss
+            client.update(
+                {f"val_{k}": v for k, v in res.metrics.items() if k != "partition_id"}
+            )
+        if not ordered:
+            return None, {}
+        loss = weighted_loss_avg([(res.num_examples, res.loss) for _, res in ordered])
+        metrics = aggregate_metrics([(res.num_examples, res.metrics) for _, res in ordered])
+        record["federated_loss"] = loss
+        record.update({f"federated_{k}": v for k, v in metrics.items()})
+        return loss, metrics
+
+
+def _natural(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.isdigit() else (1 << 62, key)
