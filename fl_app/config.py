@@ -277,3 +277,33 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             optimizer=v["client-optimizer"],
         ),
     )
+
+
+NON_APP_GROUPS = frozenset({"simulation", "hydra"})
+
+
+def flatten_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
+    """Flatten a nested (Hydra) configuration into the flat run-config keys.
+
+    A group's ``name`` becomes the key ``<group>`` and each other field ``f`` the key
+    ``<group>-f``; top-level scalars keep their name. Underscores become hyphens.
+    Groups in :data:`NON_APP_GROUPS` configure the runtime and are skipped.
+
+    >>> flatten_nested({"num_rounds": 3, "partition": {"name": "iid", "min_size": 5}})
+    {'num-rounds': 3, 'partition': 'iid', 'partition-min-size': 5}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if key in NON_APP_GROUPS:
+            continue
+        group = key.replace("_", "-")
+        if isinstance(value, Mapping):
+            for field, inner in value.items():
+                if isinstance(inner, Mapping):
+                    raise ConfigError(
+                        f"config '{key}.{field}': nested groups are not supported"
+                    )
+                flat[group if field == "name" else f"{group}-{field.replace('_', '-')}"] = inner
+        else:
+            flat[group] = value
+    return flat

@@ -119,3 +119,36 @@ def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+SWEEP_FILE = "comparison.md"
+SWEEP_COLUMNS = ("final_accuracy", "rounds", "wall_time_s", "bytes_up", "bytes_down")
+
+
+def append_sweep_row(
+    sweep_dir: Path, overrides: Sequence[str], job_dir: Path, summary: Mapping[str, Any]
+) -> None:
+    """Add one job to the sweep's comparison table (``comparison.jsonl`` and ``.md``)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    row = {
+        "overrides": " ".join(overrides) or "(defaults)",
+        "job_dir": str(job_dir),
+        **{key: summary.get(key) for key in SWEEP_COLUMNS},
+    }
+    with (sweep_dir / "comparison.jsonl").open("a") as handle:
+        handle.write(json.dumps(_jsonable(row)) + "\n")
+    rows = [
+        json.loads(line)
+        for line in (sweep_dir / "comparison.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    lines = [
+        "| overrides | " + " | ".join(SWEEP_COLUMNS) + " |",
+        "|---" * (len(SWEEP_COLUMNS) + 1) + "|",
+    ]
+    for r in rows:
+        cells = [
+            f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in SWEEP_COLUMNS
+        ]
+        lines.append(f"| {r['overrides']} | " + " | ".join(cells) + " |")
+    (sweep_dir / SWEEP_FILE).write_text("\n".join(lines) + "\n")

@@ -44,14 +44,15 @@ def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
 
 def _log_to_console() -> None:
     """Show the project's INFO logs (per-round progress) in the run's log stream."""
-    logger = logging.getLogger("fl_app")
-    if not any(getattr(h, "_fl_dnn", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)-8s fl-dnn: %(message)s"))
-        handler._fl_dnn = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    for name in ("fl_app", "strategies"):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "_fl_dnn", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)-8s fl-dnn: %(message)s"))
+            handler._fl_dnn = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 @app.main()
