@@ -46,7 +46,9 @@ def main(cfg: DictConfig) -> float:
     sim = cfg.simulation
 
     def echo(line: str) -> None:
-        if sim.verbose or any(marker in line for marker in PROGRESS_MARKERS):
+        if sim.verbose or (
+            any(marker in line for marker in PROGRESS_MARKERS) and "cuInit" not in line
+        ):
             print(line, flush=True)
 
     try:

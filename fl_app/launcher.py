@@ -144,6 +144,8 @@ class LocalSuperLink:
     def _wait_ready(self) -> None:
         import httpx
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

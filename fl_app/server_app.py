@@ -42,6 +42,34 @@ def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
     return Path("outputs", f"flwr-run-{run_id}").resolve()
 
 
+NODE_WAIT_S = 60.0
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout_s: float = NODE_WAIT_S) -> None:
+    """Wait until ``needed`` SuperNodes are connected, else fail with a clear error.
+
+    Flower's strategies wait forever for ``min_available_clients``; a federation
+    smaller than ``num-clients`` would hang the run without a word.
+    """
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    if isinstance(grid, InMemoryGrid):
+        timeout_s = 0.0  # simulation registers every SuperNode before the app starts
+    deadline = time.monotonic() + timeout_s
+    while True:
+        connected = len(grid.get_node_ids())
+        if connected >= needed:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"run config key 'num-clients' is {needed} but only {connected} "
+                f"SuperNode(s) connected within {timeout_s:.0f}s; in simulation pass "
+                f"--federation-config \"num-supernodes={needed}\", in a deployment "
+                f"start {needed} SuperNodes"
+            )
+        time.sleep(1.0)
+
+
 def _log_to_console() -> None:
     """Show the project's INFO logs (per-round progress) in the run's log stream."""
     for name in ("fl_app", "strategies"):
@@ -64,6 +92,7 @@ def main(grid: Grid, context: Context) -> None:
     _log_to_console()
     log.info("fl-dnn run %s writes results to %s", context.run_id, output_dir)
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
+    wait_for_nodes(grid, cfg.num_clients)
 
     data = load_federated_data(cfg)
     model = get_compiled_model(model_key(cfg, data.input_shape, data.num_classes), cfg.seed)

@@ -1,0 +1,75 @@
+"""The cached compiled model is shared by clients; nothing may leak between them."""
+
+import numpy as np
+import pytest
+
+from fl_app.client import KerasClient, check_partition
+from fl_app.config import ConfigError, parse_run_config
+from fl_app.training import clear_model_cache, get_compiled_model
+
+CFG = parse_run_config({"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4})
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    clear_model_cache()
+    yield
+    clear_model_cache()
+
+
+def test_client_fit_returns_weights_count_and_metrics():
+    client = KerasClient(CFG, 0)
+    weights = client.get_parameters({})
+    new, n, metrics = client.fit(weights, {"server_round": 1})
+    assert n == len(client.data.train)
+    assert [w.shape for w in new] == [w.shape for w in weights]
+    assert metrics["partition_id"] == 0 and np.isfinite(metrics["train_loss"])
+    assert any(not np.array_equal(a, b) for a, b in zip(new, weights))
+
+
+def test_clients_share_one_compiled_model():
+    a, b = KerasClient(CFG, 0), KerasClient(CFG, 1)
+    assert get_compiled_model(a.key) is get_compiled_model(b.key)
+
+
+def test_client_result_independent_of_previous_client_on_same_worker():
+    # Prepare: the global weights, and client 1's result on a fresh process cache.
+    weights = KerasClient(CFG, 1).get_parameters({})
+    alone, _, _ = KerasClient(CFG, 1).fit(weights, {"server_round": 3})
+    # Execute: client 0 trains first on the same cached model (moving its optimizer
+    # state and weights), then client 1 trains from the same global weights.
+    KerasClient(CFG, 0).fit(weights, {"server_round": 3})
+    after, _, _ = KerasClient(CFG, 1).fit(weights, {"server_round": 3})
+    # Assert: bit-identical, so no optimizer slot, step count or RNG state leaked.
+    for x, y in zip(alone, after):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_client_optimizer_state_reset_before_training():
+    client = KerasClient(CFG, 0)
+    weights = client.get_parameters({})
+    client.fit(weights, {"server_round": 1})
+    model = get_compiled_model(client.key)
+    iterations_after_one_fit = int(model.optimizer.iterations.numpy())
+    client.fit(weights, {"server_round": 1})
+    assert int(model.optimizer.iterations.numpy()) == iterations_after_one_fit
+
+
+def test_client_evaluate_on_validation_rows():
+    client = KerasClient(CFG, 2)
+    loss, n, metrics = client.evaluate(client.get_parameters({}), {})
+    assert n == len(client.data.val) and 0 <= metrics["accuracy"] <= 1 and loss > 0
+
+
+def test_client_rejects_wrong_shapes_clearly():
+    client = KerasClient(CFG, 0)
+    bad = [np.zeros((2, 2), np.float32)] * 8
+    with pytest.raises(ValueError):
+        client.fit(bad, {"server_round": 1})
+
+
+def test_check_partition_mismatch_is_clear():
+    with pytest.raises(ConfigError, match="num-partitions=2.*'num-clients' is 4"):
+        check_partition(CFG, 0, 2)
+    with pytest.raises(ConfigError, match="partition-id=4"):
+        check_partition(CFG, 4, 4)

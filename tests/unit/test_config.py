@@ -1,0 +1,105 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from fl_app.config import ConfigError, default_run_config, flatten_nested, parse_run_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pyproject_run_config():
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        return tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
+
+
+def compose_flat(overrides=()):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    from omegaconf import OmegaConf
+
+    return flatten_nested(OmegaConf.to_container(cfg, resolve=True))
+
+
+def test_config_defaults_equal_pyproject():
+    assert pyproject_run_config() == default_run_config()
+
+
+def test_config_defaults_parse():
+    cfg = parse_run_config({})
+    assert cfg.dataset.name == "digits" and cfg.partition.alpha == 0.5
+    assert cfg.num_clients == 10 and cfg.model.name == "cnn"
+
+
+def test_config_hydra_default_equals_pyproject_defaults():
+    flat = compose_flat()
+    defaults = default_run_config()
+    assert set(flat) <= set(defaults)
+    for key, value in flat.items():
+        assert defaults[key] == value, key
+
+
+@pytest.mark.parametrize(
+    "group",
+    ["dataset", "partition", "model", "strategy", "client"],
+)
+def test_config_every_hydra_option_maps_to_known_keys(group):
+    options = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    for option in options:
+        flat = compose_flat([f"{group}={option}"])
+        assert set(flat) <= set(default_run_config()), (group, option)
+
+
+def test_config_hydra_keys_cover_every_run_config_key():
+    covered = set()
+    for group in ("dataset", "partition", "model"):
+        for option in (ROOT / "conf" / group).glob("*.yaml"):
+            covered |= set(compose_flat([f"{group}={option.stem}"]))
+    missing = set(default_run_config()) - covered - {"output-dir"}
+    assert not missing
+
+
+def test_config_experiment_synthetic_iid_is_valid():
+    cfg = parse_run_config(compose_flat(["+experiment=synthetic_iid"]))
+    assert cfg.dataset.name == "synthetic" and cfg.dataset.iid
+    assert cfg.partition.name == "natural"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"dataset": "imagenet"}, ["'dataset'", "'imagenet'", "digits, synthetic"]),
+        ({"strategy": "fedmagic"}, ["'strategy'", "'fedmagic'", "fedavg"]),
+        ({"partition": "zipf"}, ["'partition'", "'zipf'", "dirichlet"]),
+        ({"partition-alpha": 0}, ["'partition-alpha'", "0", "> 0"]),
+        ({"partition-alpha": -1.5}, ["'partition-alpha'", "-1.5"]),
+        ({"clients-per-round": 11}, ["'clients-per-round'", "11", "num-clients (10)"]),
+        ({"num-rounds": "ten"}, ["'num-rounds'", "'ten'", "expected int"]),
+        ({"num-rounds": 2.5}, ["'num-rounds'", "2.5", "expected int"]),
+        ({"client-learning-rate": "fast"}, ["'client-learning-rate'", "expected float"]),
+        ({"save-model": 1}, ["'save-model'", "expected bool"]),
+        ({"model-width": 1.5}, ["'model-width'", "1.5", "0 < value <= 1"]),
+        ({"dataset-val-fraction": 0.9}, ["'dataset-val-fraction'", "0.9"]),
+        ({"dataset": "synthetic"}, ["'partition'", "natural"]),
+        ({"partition": "natural"}, ["'partition'", "natural"]),
+        ({"no-such-key": 1}, ["unknown run config key", "no-such-key"]),
+        ({"partition-alpha": float("nan")}, ["'partition-alpha'", "nan"]),
+    ],
+)
+def test_config_invalid_value_names_key_value_and_allowed(overrides, fragments):
+    with pytest.raises(ConfigError) as info:
+        parse_run_config(overrides)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_config_int_accepted_for_float():
+    assert parse_run_config({"partition-alpha": 1}).partition.alpha == 1.0
+
+
+def test_flatten_nested_rule():
+    flat = flatten_nested(
+        {"num_rounds": 3, "partition": {"name": "iid", "min_size": 5}, "simulation": {"x": 1}}
+    )
+    assert flat == {"num-rounds": 3, "partition": "iid", "partition-min-size": 5}

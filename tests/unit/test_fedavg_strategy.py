@@ -1,0 +1,123 @@
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.common import (
+    Code,
+    EvaluateRes,
+    FitRes,
+    Parameters,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+
+from strategies.fedavg import FedAvg, parameters_size
+
+OK = Status(code=Code.OK, message="")
+
+
+@dataclass
+class FakeProxy:
+    node_id: int
+
+
+def global_model():
+    return [np.zeros((2, 2), np.float32), np.zeros(2, np.float32)]
+
+
+def fit_res(weights, n, pid):
+    return FitRes(OK, ndarrays_to_parameters(weights), n, {"partition_id": pid, "train_loss": float(pid)})
+
+
+def make_strategy(evaluate_fn=None):
+    return FedAvg(
+        num_clients=3,
+        clients_per_round=3,
+        evaluate_clients_per_round=3,
+        initial_parameters=ndarrays_to_parameters(global_model()),
+        evaluate_fn=evaluate_fn,
+    )
+
+
+def test_fedavg_aggregates_weighted_and_records_bytes():
+    # Prepare: clients with all-ones (1 example) and all-fives (3 examples).
+    strategy = make_strategy()
+    ones = [np.ones((2, 2), np.float32), np.ones(2, np.float32)]
+    fives = [np.full((2, 2), 5.0, np.float32), np.full(2, 5.0, np.float32)]
+    results = [(FakeProxy(7), fit_res(fives, 3, 1)), (FakeProxy(9), fit_res(ones, 1, 0))]
+    # Execute
+    params, metrics = strategy.aggregate_fit(1, results, [])
+    # Assert: (1*1 + 3*5) / 4 = 4; train_loss (1*0 + 3*1) / 4 = 0.75
+    kernel, bias = parameters_to_ndarrays(params)
+    np.testing.assert_array_equal(kernel, np.full((2, 2), 4.0))
+    np.testing.assert_array_equal(bias, np.full(2, 4.0))
+    assert metrics["train_loss"] == 0.75
+    record = strategy.pop_round_record(1)
+    expected_up = sum(parameters_size(res.parameters) for _, res in results)
+    assert record["bytes_up"] == expected_up > 0
+    assert [c["partition_id"] for c in record["clients"]] == [0, 1]
+
+
+def test_fedavg_rejects_bad_shape_and_nan_and_keeps_global():
+    # Prepare: one good update, one with a wrong shape, one with NaN.
+    strategy = make_strategy()
+    good = [np.full((2, 2), 2.0, np.float32), np.full(2, 2.0, np.float32)]
+    wrong = [np.ones((3, 2), np.float32), np.ones(2, np.float32)]
+    nan = [np.full((2, 2), np.nan, np.float32), np.ones(2, np.float32)]
+    results = [
+        (FakeProxy(1), fit_res(wrong, 50, 1)),
+        (FakeProxy(2), fit_res(good, 10, 0)),
+        (FakeProxy(3), fit_res(nan, 50, 2)),
+    ]
+    # Execute
+    params, metrics = strategy.aggregate_fit(1, results, [])
+    # Assert: only the good update counts, despite the others' larger weights
+    kernel, _ = parameters_to_ndarrays(params)
+    np.testing.assert_array_equal(kernel, np.full((2, 2), 2.0))
+    assert metrics["num_rejected"] == 2 and metrics["num_accepted"] == 1
+    record = strategy.pop_round_record(1)
+    rejected = {c["partition_id"]: c.get("rejected") for c in record["clients"]}
+    assert "shape" in rejected[1] and "NaN" in rejected[2] and rejected[0] is None
+
+
+def test_fedavg_all_rejected_leaves_global_unchanged():
+    strategy = make_strategy()
+    nan = [np.full((2, 2), np.inf, np.float32), np.ones(2, np.float32)]
+    params, metrics = strategy.aggregate_fit(1, [(FakeProxy(1), fit_res(nan, 5, 0))], [])
+    assert params is None
+    assert metrics["num_rejected"] == 1
+    np.testing.assert_array_equal(strategy.global_parameters[0], np.zeros((2, 2)))
+
+
+def test_fedavg_fixed_order_gives_identical_result_for_shuffled_arrival():
+    rng = np.random.default_rng(3)
+    updates = [
+        [rng.normal(size=(2, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)]
+        for _ in range(3)
+    ]
+    results = [(FakeProxy(10 + i), fit_res(u, 7 + i, i)) for i, u in enumerate(updates)]
+    a, _ = make_strategy().aggregate_fit(1, results, [])
+    b, _ = make_strategy().aggregate_fit(1, results[::-1], [])
+    for x, y in zip(parameters_to_ndarrays(a), parameters_to_ndarrays(b)):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_fedavg_records_central_and_federated_evaluation():
+    strategy = make_strategy(evaluate_fn=lambda r, w, c: (0.5, {"accuracy": 0.9}))
+    strategy.evaluate(1, ndarrays_to_parameters(global_model()))
+    evals = [
+        (FakeProxy(1), EvaluateRes(OK, 1.0, 10, {"accuracy": 0.4, "partition_id": 0})),
+        (FakeProxy(2), EvaluateRes(OK, 2.0, 30, {"accuracy": 0.8, "partition_id": 1})),
+    ]
+    loss, metrics = strategy.aggregate_evaluate(1, evals, [RuntimeError("gone")])
+    # (10*1 + 30*2) / 40 = 1.75 ; (10*0.4 + 30*0.8) / 40 = 0.7
+    assert loss == 1.75 and abs(metrics["accuracy"] - 0.7) < 1e-12
+    record = strategy.pop_round_record(1)
+    assert record["central_accuracy"] == 0.9 and record["central_loss"] == 0.5
+    assert record["federated_loss"] == 1.75 and record["num_failures"] == 1
+    assert record["clients"][1]["val_accuracy"] == 0.8
+
+
+def test_parameters_size_counts_serialized_bytes():
+    params = Parameters(tensors=[b"abc", b"defgh"], tensor_type="numpy.ndarray")
+    assert parameters_size(params) == 8
