@@ -1,0 +1,63 @@
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOWER_PROCESS_MARKERS = ("flower-superlink", "flwr-simulation", "flwr-serverapp", "raylet", "gcs_server", "ray::")
+
+
+def flower_processes() -> dict[int, str]:
+    """Live (non-zombie) processes of Flower or Ray, by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(") ", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS):
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
+@pytest.fixture
+def no_leftover_processes():
+    """Fail if the test leaves a Flower or Ray process behind."""
+    before = set(flower_processes())
+    yield
+    deadline = time.monotonic() + 15
+    while True:
+        left = {pid: cmd for pid, cmd in flower_processes().items() if pid not in before}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not left, f"processes left running: {left}"
+
+
+def run_entry(args, tmp_path, env=None, timeout=600):
+    """Run run_simulation.py with Hydra's output under tmp_path."""
+    command = [sys.executable, str(ROOT / "run_simulation.py"), *args]
+    if not any(a.startswith("-m") for a in args):
+        command.append(f"hydra.run.dir={tmp_path / 'run'}")
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+TINY = [
+    "num_clients=2",
+    "clients_per_round=2",
+    "evaluate_clients_per_round=2",
+]

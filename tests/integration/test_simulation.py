@@ -1,0 +1,99 @@
+"""End to end through Flower's simulation runtime (each test starts its own SuperLink)."""
+
+import json
+
+import pytest
+
+from fl_app.launcher import LocalSuperLink
+from tests.integration.conftest import ROOT, TINY, run_entry
+
+pytestmark = pytest.mark.slow
+
+SUMMARY_KEYS = {"final_accuracy", "rounds", "wall_time_s", "bytes_up", "bytes_down"}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_results(out, rounds, clients):
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [row["round"] for row in rows] == list(range(1, rounds + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["rounds"] == rounds
+    assert 0.0 <= summary["final_accuracy"] <= 1.0
+    assert summary["final_accuracy"] == rows[-1]["central_accuracy"]
+    # bytes are the serialized parameters each client sent: the same model both ways
+    per_client = {c["bytes_up"] for row in rows for c in row["clients"]}
+    assert len(per_client) == 1
+    (model_bytes,) = per_client
+    assert summary["bytes_up"] == rounds * clients * model_bytes
+    # down: the model to each training client and each evaluating client
+    assert summary["bytes_down"] == rounds * 2 * clients * model_bytes
+    assert (out / "final_model.keras").stat().st_size > 0
+    assert (out / "accuracy_loss.png").stat().st_size > 0
+    return summary
+
+
+def test_run_simulation_two_clients_two_rounds(tmp_path, no_leftover_processes):
+    result = run_entry([*TINY, "num_rounds=2"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "run"
+    summary = check_results(out, rounds=2, clients=2)
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
+    assert "round 2/2" in result.stdout  # per-round progress is shown
+
+
+def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_processes):
+    out = tmp_path / "flwr"
+    with LocalSuperLink() as link:
+        streamed = link.cli(
+            "run",
+            str(ROOT),
+            "fl-dnn",
+            "--run-config",
+            f"num-rounds=2 num-clients=2 clients-per-round=2 "
+            f"evaluate-clients-per-round=2 output-dir='{out}'",
+            "--federation-config",
+            "num-supernodes=2 client-resources-num-cpus=1",
+            "--stream",
+            timeout=600,
+        )
+        assert streamed.returncode == 0, streamed.stdout + streamed.stderr
+        listing = json.loads(link.cli("ls", "--format", "json").stdout)
+    (run,) = listing["runs"]
+    assert run["status"] == "finished:completed"
+    check_results(out, rounds=2, clients=2)
+
+
+def test_invalid_config_fails_before_training(tmp_path, no_leftover_processes):
+    result = run_entry(["partition.alpha=-1"], tmp_path, timeout=120)
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "partition-alpha" in output and "-1" in output and "> 0" in output
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_failed_flower_run_exits_nonzero_with_flowers_error(tmp_path, no_leftover_processes):
+    # mnist comes from the hub; offline, the ServerApp fails while loading it.
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = run_entry([*TINY, "num_rounds=1", "dataset=mnist"], tmp_path, env=env)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "DatasetUnavailableError" in output and "finished:failed" in output
+
+
+def test_hydra_sweep_one_run_per_job(tmp_path, no_leftover_processes):
+    sweep = tmp_path / "sweep"
+    result = run_entry(
+        ["-m", *TINY, "num_rounds=1", "partition.alpha=0.3,1.0", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job in ("0", "1"):
+        check_results(sweep / job, rounds=1, clients=2)
+    alphas = [json.loads((sweep / j / "summary.json").read_text())["run_config"]["partition-alpha"] for j in ("0", "1")]
+    assert alphas == [0.3, 1.0]
+    table = (sweep / "comparison.md").read_text().splitlines()
+    assert len(table) == 4 and "partition.alpha=0.3" in table[2] and "partition.alpha=1.0" in table[3]
