@@ -71,6 +71,9 @@ class ClientConfig:
     batch_size: int
     learning_rate: float
     optimizer: str
+    # False rebuilds and recompiles the model on every call, as Flower's
+    # quickstart-tensorflow client does; kept for comparison benchmarks.
+    model_cache: bool
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ FIELDS: dict[str, _Field] = {
     "client-batch-size": _Field(int, 32, ">= 1", _positive),
     "client-learning-rate": _Field(float, 0.005, "> 0", _positive),
     "client-optimizer": _Field(str, "adam", choices=OPTIMIZERS),
+    "client-model-cache": _Field(bool, True),
 }
 
 
@@ -275,6 +279,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             batch_size=v["client-batch-size"],
             learning_rate=v["client-learning-rate"],
             optimizer=v["client-optimizer"],
+            model_cache=v["client-model-cache"],
         ),
     )
 

@@ -242,6 +242,7 @@ def run_simulation(
     output_dir: Path,
     num_supernodes: int,
     client_num_cpus: int = 1,
+    backend_num_cpus: int | None = None,
     app_dir: Path = APP_DIR,
     timeout_s: float | None = None,
     echo: Callable[[str], None] | None = None,
@@ -259,6 +260,9 @@ def run_simulation(
         Simulated SuperNodes (one per client partition).
     client_num_cpus : int
         CPUs reserved per simulated client (Ray actor resources).
+    backend_num_cpus : int | None
+        CPUs Ray may hand out (default: the machine's cores); with
+        ``client_num_cpus`` it sets how many clients train at once.
     app_dir : Path
         The Flower app (the directory holding ``pyproject.toml``).
     timeout_s : float | None
@@ -279,6 +283,9 @@ def run_simulation(
     with LocalSuperLink() as link:
         config_file = link.home / "run_config.toml"
         write_toml_table(overrides, config_file)
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}"
+        if backend_num_cpus is not None:
+            federation += f" init-args-num-cpus={backend_num_cpus}"
         command = [
             _tool("flwr"),
             "run",
@@ -287,7 +294,7 @@ def run_simulation(
             "--run-config",
             str(config_file),
             "--federation-config",
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}",
+            federation,
             "--stream",
         ]
         streamed: list[str] = []

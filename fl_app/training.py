@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,17 @@ keras = tf.keras
 
 @functools.cache
 def configure_tensorflow() -> None:
-    """Make TensorFlow deterministic; done once per process."""
+    """Make TensorFlow deterministic and size its thread pools; once per process.
+
+    Ray sets ``OMP_NUM_THREADS`` to the CPUs reserved for an actor. TensorFlow's own
+    pools ignore it and default to every core, so two one-CPU workers on two cores
+    would run four busy threads; follow the reservation instead.
+    """
     tf.config.experimental.enable_op_determinism()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
 
 
 def make_optimizer(cfg: ClientConfig) -> keras.optimizers.Optimizer:
@@ -58,11 +68,15 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
     """Return this process's compiled model for ``key``, building it on first use.
 
     ``seed`` only fixes the initial weights of a newly built model; callers that
-    train set the weights they were sent first.
+    train set the weights they were sent first. With ``client.model_cache`` off,
+    every call clears the Keras session and builds and compiles a new model, the way
+    Flower's quickstart-tensorflow client does (kept to measure the difference).
     """
     model = _MODEL_CACHE.get(key)
     if model is None:
         configure_tensorflow()
+        if not key.client.model_cache:
+            keras.backend.clear_session()
         keras.utils.set_random_seed(seed)
         model = build_model(key.model, key.input_shape, key.num_classes, key.width)
         model.compile(
@@ -70,7 +84,8 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        _MODEL_CACHE[key] = model
+        if key.client.model_cache:
+            _MODEL_CACHE[key] = model
         log.debug("built and compiled %s (width %s)", key.model.name, key.width)
     return model
 
@@ -99,25 +114,36 @@ def train_local(
     accuracy of the last epoch.
     """
     reset_optimizer(model)
-    loss = accuracy = float("nan")
+    logs: dict[str, float] = {}
     for _ in range(cfg.local_epochs):
         order = rng.permutation(len(data))
-        history = model.fit(
-            data.x[order],
-            data.y[order],
-            batch_size=cfg.batch_size,
-            epochs=1,
-            shuffle=False,
-            verbose=0,
+        logs = _run_batches(model.train_on_batch, model, data.take(order), cfg.batch_size)
+    return {"train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
+
+
+def _run_batches(step, model: keras.Model, data: ArrayDataset, batch_size: int) -> dict:
+    """Run ``step`` (``train_on_batch`` or ``test_on_batch``) over ``data`` in order.
+
+    The compiled metrics accumulate over the batches (weighted by batch size), so the
+    result is the epoch's mean, as ``fit``/``evaluate`` report it. Calling the
+    per-batch steps directly skips the data adapter and callbacks that ``fit`` and
+    ``evaluate`` build on every call, which cost more than the steps of a small model.
+    """
+    model.reset_metrics()
+    logs: dict = {}
+    for start in range(0, len(data), batch_size):
+        logs = step(
+            data.x[start : start + batch_size],
+            data.y[start : start + batch_size],
+            reset_metrics=False,
+            return_dict=True,
         )
-        loss = float(history.history["loss"][-1])
-        accuracy = float(history.history["accuracy"][-1])
-    return {"train_loss": loss, "train_accuracy": accuracy}
+    return {key: float(value) for key, value in logs.items()}
 
 
 def evaluate_model(
-    model: keras.Model, data: ArrayDataset, batch_size: int = 256
+    model: keras.Model, data: ArrayDataset, batch_size: int = 1024
 ) -> tuple[float, float]:
     """Return ``(loss, accuracy)`` of ``model`` on ``data``."""
-    loss, accuracy = model.evaluate(data.x, data.y, batch_size=batch_size, verbose=0)
-    return float(loss), float(accuracy)
+    logs = _run_batches(model.test_on_batch, model, data, batch_size)
+    return logs["loss"], logs["accuracy"]
