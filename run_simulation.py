@@ -16,19 +16,25 @@ import logging
 import sys
 from pathlib import Path
 
-import fl_app  # noqa: F401  (environment for TensorFlow in child processes)
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import fl_app  # noqa: F401  (environment for TensorFlow in child processes)
 from fl_app.config import ConfigError, flatten_nested, parse_run_config
 from fl_app.launcher import FlowerRunError, run_simulation
 from fl_app.results import append_sweep_row
 
 log = logging.getLogger("run_simulation")
 
-PROGRESS_MARKERS = ("fl-dnn:", "ERROR", "Error", "Traceback", "Successfully started run")
+PROGRESS_MARKERS = (
+    "fl-dnn:",
+    "ERROR",
+    "Error",
+    "Traceback",
+    "Successfully started run",
+)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -74,7 +80,10 @@ def main(cfg: DictConfig) -> float:
     )
     if hydra_cfg.mode == RunMode.MULTIRUN:
         append_sweep_row(
-            Path(hydra_cfg.sweep.dir), list(hydra_cfg.overrides.task), output_dir, summary
+            Path(hydra_cfg.sweep.dir),
+            list(hydra_cfg.overrides.task),
+            output_dir,
+            summary,
         )
     return float(summary["final_accuracy"])
 

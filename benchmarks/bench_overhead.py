@@ -73,11 +73,15 @@ def centralized_round_time(run_config: dict, rounds: int, warmup: int) -> dict:
     y_train = np.concatenate([c.train.y for c in data.clients])
     x_val = np.concatenate([c.val.x for c in data.clients])
     y_val = np.concatenate([c.val.y for c in data.clients])
-    model = get_compiled_model(model_key(cfg, data.input_shape, data.num_classes), cfg.seed)
+    model = get_compiled_model(
+        model_key(cfg, data.input_shape, data.num_classes), cfg.seed
+    )
     times, accuracy = [], 0.0
     for _ in range(rounds):
         start = time.perf_counter()
-        model.fit(x_train, y_train, batch_size=cfg.client.batch_size, epochs=1, verbose=0)
+        model.fit(
+            x_train, y_train, batch_size=cfg.client.batch_size, epochs=1, verbose=0
+        )
         _, accuracy = model.evaluate(data.test.x, data.test.y, verbose=0)
         model.evaluate(x_val, y_val, verbose=0)
         times.append(time.perf_counter() - start)
@@ -88,36 +92,91 @@ def centralized_round_time(run_config: dict, rounds: int, warmup: int) -> dict:
     }
 
 
+def sequential_clients_round_time(run_config: dict, rounds: int, warmup: int) -> dict:
+    """The FL round's work without Flower: in this process, each client in turn trains
+    the global model (our KerasClient, same code path), then FedAvg aggregation,
+    central evaluation and every client's evaluation. Isolates the runtime's cost."""
+    from flwr.common import ndarrays_to_parameters
+
+    from fl_app.client import KerasClient, model_key
+    from fl_app.data import load_federated_data
+    from fl_app.training import evaluate_model, get_compiled_model
+    from strategies.aggregation import aggregate_weighted
+
+    cfg = parse_run_config(run_config)
+    data = load_federated_data(cfg)
+    clients = [KerasClient(cfg, pid) for pid in range(cfg.num_clients)]
+    model = get_compiled_model(
+        model_key(cfg, data.input_shape, data.num_classes), cfg.seed
+    )
+    weights = model.get_weights()
+    times, accuracy = [], 0.0
+    for server_round in range(1, rounds + 1):
+        start = time.perf_counter()
+        results = [c.fit(weights, {"server_round": server_round})[:2] for c in clients]
+        weights = aggregate_weighted(results)
+        ndarrays_to_parameters(weights)
+        model.set_weights(weights)
+        _, accuracy = evaluate_model(model, data.test)
+        for c in clients:
+            c.evaluate(weights, {})
+        times.append(time.perf_counter() - start)
+    return {
+        "steady_round_s": statistics.median(times[warmup:]),
+        "round_times_s": times,
+        "final_accuracy": accuracy,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2, help="rounds left out of the median")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="rounds left out of the median"
+    )
     args = parser.parse_args()
 
-    base = {"num-rounds": args.rounds, "num-clients": 10, "clients-per-round": 10,
-            "evaluate-clients-per-round": 10, "save-model": False}
+    base = {
+        "num-rounds": args.rounds,
+        "num-clients": 10,
+        "clients-per-round": 10,
+        "evaluate-clients-per-round": 10,
+        "save-model": False,
+    }
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         workdir = Path(tmp)
         ours = fl_round_time(base, workdir, "cached", args.warmup)
-        quickstart = fl_round_time({**base, "client-model-cache": False}, workdir, "quickstart", args.warmup)
+        quickstart = fl_round_time(
+            {**base, "client-model-cache": False}, workdir, "quickstart", args.warmup
+        )
     centralized = centralized_round_time(base, args.rounds, args.warmup)
+    sequential = sequential_clients_round_time(base, args.rounds, args.warmup)
 
     result = {
         "overhead_ratio": ours["steady_round_s"] / centralized["steady_round_s"],
         "speedup_vs_quickstart": quickstart["steady_round_s"] / ours["steady_round_s"],
+        "overhead_ratio_vs_sequential_clients": ours["steady_round_s"]
+        / sequential["steady_round_s"],
         "fl_cached": ours,
         "fl_quickstart_style": quickstart,
         "centralized": centralized,
-        "setup": {**base, "dataset": "digits", "partition": "dirichlet(0.5)",
-                  "client_num_cpus": 1, "warmup_rounds_excluded": args.warmup},
+        "sequential_clients_no_flower": sequential,
+        "setup": {
+            **base,
+            "dataset": "digits",
+            "partition": "dirichlet(0.5)",
+            "client_num_cpus": 1,
+            "warmup_rounds_excluded": args.warmup,
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"steady round: FL (cached model) {ours['steady_round_s']:.3f}s, "
         f"FL (quickstart-style) {quickstart['steady_round_s']:.3f}s, "
-        f"centralized {centralized['steady_round_s']:.3f}s"
+        f"centralized {centralized['steady_round_s']:.3f}s, "
+        f"same client work without Flower {sequential['steady_round_s']:.3f}s"
     )
     print(
         f"overhead_ratio {result['overhead_ratio']:.2f}  "

@@ -15,7 +15,9 @@ from fl_app.training import ModelKey, evaluate_model, get_compiled_model, train_
 log = logging.getLogger(__name__)
 
 
-def model_key(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelKey:
+def model_key(
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int
+) -> ModelKey:
     """Return the compiled-model cache key of a run's global model."""
     return ModelKey(
         model=cfg.model,
@@ -83,7 +85,11 @@ class KerasClient(NumPyClient):
         model = get_compiled_model(self.key, self.cfg.seed)
         model.set_weights(parameters)
         loss, accuracy = evaluate_model(model, self.data.val)
-        return loss, len(self.data.val), {
-            "accuracy": accuracy,
-            "partition_id": self.partition_id,
-        }
+        return (
+            loss,
+            len(self.data.val),
+            {
+                "accuracy": accuracy,
+                "partition_id": self.partition_id,
+            },
+        )

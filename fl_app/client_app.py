@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from flwr.app import Context
 from flwr.client import Client
 from flwr.clientapp import ClientApp
 
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client import KerasClient, check_partition
 from fl_app.config import parse_run_config
 

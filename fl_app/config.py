@@ -190,7 +190,9 @@ def _coerce(key: str, value: Any, field: _Field) -> Any:
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"run config key '{key}': received {value!r}, allowed: {allowed}")
+    return ConfigError(
+        f"run config key '{key}': received {value!r}, allowed: {allowed}"
+    )
 
 
 def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
@@ -245,7 +247,9 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             "client's data itself); iid, dirichlet or pathological otherwise",
         )
     if v["model"] == "cnn" and synthetic:
-        raise _fail("model", v["model"], "mlp or softmax for dataset=synthetic (vectors)")
+        raise _fail(
+            "model", v["model"], "mlp or softmax for dataset=synthetic (vectors)"
+        )
 
     return RunConfig(
         seed=v["seed"],
@@ -308,7 +312,9 @@ def flatten_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
                     raise ConfigError(
                         f"config '{key}.{field}': nested groups are not supported"
                     )
-                flat[group if field == "name" else f"{group}-{field.replace('_', '-')}"] = inner
+                flat[
+                    group if field == "name" else f"{group}-{field.replace('_', '-')}"
+                ] = inner
         else:
             flat[group] = value
     return flat

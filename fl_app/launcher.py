@@ -65,7 +65,7 @@ def _toml_value(value: Any) -> str:
 
 
 def write_toml_table(values: Mapping[str, Any], path: Path) -> None:
-    """Write flat ``key = value`` pairs as TOML (the form ``--run-config FILE`` takes)."""
+    """Write flat ``key = value`` pairs as TOML for ``--run-config FILE``."""
     lines = [f'"{key}" = {_toml_value(value)}' for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n")
 
@@ -95,7 +95,9 @@ class LocalSuperLink:
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": os.pathsep.join(
+                [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+            ),
         }
         self.log_path = self.home / "superlink.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -160,17 +162,21 @@ class LocalSuperLink:
                 pass
             time.sleep(0.25)
         raise FlowerRunError(
-            f"flower-superlink did not become ready within {self.startup_timeout_s:.0f}s:\n"
+            f"flower-superlink was not ready within {self.startup_timeout_s:.0f}s:\n"
             f"{self.log_tail()}"
         )
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the SuperLink's log."""
+        """Return the last lines of the SuperLink's log."""
         if not self.log_path.exists():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(
+            self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        )
 
-    def cli(self, *args: str, timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float | None = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run a ``flwr`` CLI command against this SuperLink."""
         return subprocess.run(
             [_tool("flwr"), *args],
@@ -283,7 +289,10 @@ def run_simulation(
     with LocalSuperLink() as link:
         config_file = link.home / "run_config.toml"
         write_toml_table(overrides, config_file)
-        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}"
+        federation = (
+            f"num-supernodes={num_supernodes} "
+            f"client-resources-num-cpus={client_num_cpus}"
+        )
         if backend_num_cpus is not None:
             federation += f" init-args-num-cpus={backend_num_cpus}"
         command = [

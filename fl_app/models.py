@@ -8,9 +8,9 @@ stable across widths so masks and slices can be keyed by name.
 
 from __future__ import annotations
 
-import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.config import ModelConfig
 
 keras = tf.keras
@@ -26,9 +26,11 @@ def scale_units(units: int, width: float) -> int:
 def build_cnn(
     input_shape: tuple[int, ...], num_classes: int, width: float = 1.0
 ) -> keras.Model:
-    """Small CNN for images: two 3x3 convolutions, max pooling, one hidden dense layer."""
+    """Small CNN for images: two 3x3 convolutions, max pooling, one dense layer."""
     if len(input_shape) != 3:
-        raise ValueError(f"build_cnn needs image input (h, w, c), received {input_shape}")
+        raise ValueError(
+            f"build_cnn needs image input (h, w, c), received {input_shape}"
+        )
     inputs = keras.Input(shape=input_shape, name="input")
     x = keras.layers.Conv2D(
         scale_units(32, width), 3, padding="same", activation="relu", name="conv1"
@@ -39,7 +41,9 @@ def build_cnn(
     x = keras.layers.MaxPooling2D(2, name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(scale_units(128, width), activation="relu", name="fc1")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
+        x
+    )
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -51,7 +55,9 @@ def build_mlp(
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = keras.layers.Dense(scale_units(200, width), activation="relu", name="fc1")(x)
     x = keras.layers.Dense(scale_units(200, width), activation="relu", name="fc2")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
+        x
+    )
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -62,7 +68,9 @@ def build_softmax(
     del width
     inputs = keras.Input(shape=input_shape, name="input")
     x = keras.layers.Flatten(name="flatten")(inputs)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
+        x
+    )
     return keras.Model(inputs, outputs, name="softmax")
 
 
@@ -76,4 +84,6 @@ def build_model(
     width: float | None = None,
 ) -> keras.Model:
     """Build (not compile) the configured model; ``width`` overrides ``cfg.width``."""
-    return BUILDERS[cfg.name](input_shape, num_classes, cfg.width if width is None else width)
+    return BUILDERS[cfg.name](
+        input_shape, num_classes, cfg.width if width is None else width
+    )

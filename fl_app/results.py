@@ -69,7 +69,7 @@ class RunRecorder:
         log.info("%s", format_round(clean, self.num_rounds))
 
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """Write ``summary.json`` (run totals added) and the plot; return the summary."""
+        """Write ``summary.json`` (with run totals) and the plot; return the summary."""
         totals = {
             "rounds": len(self.rows),
             "bytes_up": sum(row.get("bytes_up", 0) for row in self.rows),
@@ -128,7 +128,7 @@ SWEEP_COLUMNS = ("final_accuracy", "rounds", "wall_time_s", "bytes_up", "bytes_d
 def append_sweep_row(
     sweep_dir: Path, overrides: Sequence[str], job_dir: Path, summary: Mapping[str, Any]
 ) -> None:
-    """Add one job to the sweep's comparison table (``comparison.jsonl`` and ``.md``)."""
+    """Add one job to the sweep's ``comparison.jsonl`` and ``comparison.md`` table."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     row = {
         "overrides": " ".join(overrides) or "(defaults)",
@@ -148,7 +148,8 @@ def append_sweep_row(
     ]
     for r in rows:
         cells = [
-            f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in SWEEP_COLUMNS
+            f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
+            for c in SWEEP_COLUMNS
         ]
         lines.append(f"| {r['overrides']} | " + " | ".join(cells) + " |")
     (sweep_dir / SWEEP_FILE).write_text("\n".join(lines) + "\n")

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 from typing import cast
 
-import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from flwr.app import Context
 from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
-from flwr.serverapp import Grid, ServerApp
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
+from flwr.serverapp import Grid, ServerApp
 
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client import model_key
 from fl_app.config import RunConfig, parse_run_config
 from fl_app.data import load_federated_data
@@ -36,7 +36,7 @@ app = ServerApp()
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
-    """Return the run's output directory: ``output-dir``, else ``outputs/flwr-run-<id>``."""
+    """Return ``output-dir``, or else ``outputs/flwr-run-<run id>``, made absolute."""
     if cfg.output_dir:
         return Path(cfg.output_dir).expanduser().resolve()
     return Path("outputs", f"flwr-run-{run_id}").resolve()
@@ -49,22 +49,25 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float = NODE_WAIT_S) -> N
     """Wait until ``needed`` SuperNodes are connected, else fail with a clear error.
 
     Flower's strategies wait forever for ``min_available_clients``; a federation
-    smaller than ``num-clients`` would hang the run without a word.
+    smaller than ``num-clients`` would hang the run without a word. In simulation the
+    count must match exactly: each simulated node holds partition ``i`` of
+    ``num-supernodes``, so a larger federation would partition the data differently.
     """
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    if isinstance(grid, InMemoryGrid):
+    simulation = isinstance(grid, InMemoryGrid)
+    if simulation:
         timeout_s = 0.0  # simulation registers every SuperNode before the app starts
     deadline = time.monotonic() + timeout_s
     while True:
         connected = len(grid.get_node_ids())
-        if connected >= needed:
+        if connected == needed or (connected > needed and not simulation):
             return
         if time.monotonic() >= deadline:
             raise RuntimeError(
-                f"run config key 'num-clients' is {needed} but only {connected} "
+                f"run config key 'num-clients' is {needed} but {connected} "
                 f"SuperNode(s) connected within {timeout_s:.0f}s; in simulation pass "
-                f"--federation-config \"num-supernodes={needed}\", in a deployment "
+                f'--federation-config "num-supernodes={needed}", in a deployment '
                 f"start {needed} SuperNodes"
             )
         time.sleep(1.0)
@@ -92,7 +95,9 @@ def _log_to_console() -> None:
         logger = logging.getLogger(name)
         if not any(getattr(h, "_fl_dnn", False) for h in logger.handlers):
             handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(levelname)-8s fl-dnn: %(message)s"))
+            handler.setFormatter(
+                logging.Formatter("%(levelname)-8s fl-dnn: %(message)s")
+            )
             handler._fl_dnn = True  # type: ignore[attr-defined]
             logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -112,7 +117,9 @@ def main(grid: Grid, context: Context) -> None:
     tune_grid(grid)
 
     data = load_federated_data(cfg)
-    model = get_compiled_model(model_key(cfg, data.input_shape, data.num_classes), cfg.seed)
+    model = get_compiled_model(
+        model_key(cfg, data.input_shape, data.num_classes), cfg.seed
+    )
     initial_weights = model.get_weights()
     central: dict[int, tuple[float, float]] = {}
 
@@ -135,7 +142,9 @@ def main(grid: Grid, context: Context) -> None:
 
     def evaluate_and_record(grid: Grid, legacy: Context) -> None:
         default_evaluate_workflow(grid, legacy)
-        server_round = cast(int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+        server_round = cast(
+            int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
+        )
         recorder.write_round(strategy.pop_round_record(server_round))
 
     legacy = LegacyContext(

@@ -16,10 +16,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-
-import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.config import ClientConfig, ModelConfig
 from fl_app.data import ArrayDataset
 from fl_app.models import build_model
@@ -117,7 +116,9 @@ def train_local(
     logs: dict[str, float] = {}
     for _ in range(cfg.local_epochs):
         order = rng.permutation(len(data))
-        logs = _run_batches(model.train_on_batch, model, data.take(order), cfg.batch_size)
+        logs = _run_batches(
+            model.train_on_batch, model, data.take(order), cfg.batch_size
+        )
     return {"train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
 
 

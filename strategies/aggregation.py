@@ -39,14 +39,17 @@ def aggregate_weighted(results: Sequence[tuple[NDArrays, int]]) -> NDArrays:
     for weights, n in results:
         for acc, layer in zip(sums, weights, strict=True):
             acc += np.asarray(layer, dtype=np.float64) * n
-    return [(acc / total).astype(layer.dtype) for acc, layer in zip(sums, first)]
+    return [
+        (acc / total).astype(layer.dtype)
+        for acc, layer in zip(sums, first, strict=True)
+    ]
 
 
 def aggregate_metrics(
     results: Sequence[tuple[int, Mapping[str, Scalar]]],
     exclude: frozenset[str] = frozenset({"partition_id"}),
 ) -> dict[str, float]:
-    """Average each numeric metric over the clients that report it, weighted by examples.
+    """Average each numeric metric over its reporting clients, weighted by examples.
 
     Parameters
     ----------
@@ -74,7 +77,7 @@ def check_update(reference: NDArrays, update: NDArrays) -> str | None:
     """
     if len(update) != len(reference):
         return f"{len(update)} layers, expected {len(reference)}"
-    for i, (ref, layer) in enumerate(zip(reference, update)):
+    for i, (ref, layer) in enumerate(zip(reference, update, strict=True)):
         if layer.shape != ref.shape:
             return f"layer {i} has shape {layer.shape}, expected {ref.shape}"
         if layer.dtype != ref.dtype:

@@ -36,7 +36,9 @@ from strategies.aggregation import aggregate_metrics, aggregate_weighted, check_
 
 log = logging.getLogger(__name__)
 
-EvaluateFn = Callable[[int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]
+EvaluateFn = Callable[
+    [int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None
+]
 
 
 def parameters_size(parameters: Parameters) -> int:
@@ -112,9 +114,13 @@ class FedAvg(FlowerFedAvg):
             },
         )
 
-    def _client_record(self, server_round: int, pid: Any, node_id: int) -> dict[str, Any]:
+    def _client_record(
+        self, server_round: int, pid: Any, node_id: int
+    ) -> dict[str, Any]:
         key = str(pid) if pid is not None else f"node-{node_id}"
-        return self._record(server_round)["clients"].setdefault(key, {"partition_id": pid})
+        return self._record(server_round)["clients"].setdefault(
+            key, {"partition_id": pid}
+        )
 
     def pop_round_record(self, server_round: int) -> dict[str, Any]:
         """Return and forget the record of a finished round.
@@ -128,7 +134,9 @@ class FedAvg(FlowerFedAvg):
         self._record(server_round)  # a round may have produced nothing to record
         record = self._records.pop(server_round)
         record["wall_time_s"] = time.perf_counter() - record.pop("started")
-        record["clients"] = [record["clients"][k] for k in sorted(record["clients"], key=_natural)]
+        record["clients"] = [
+            record["clients"][k] for k in sorted(record["clients"], key=_natural)
+        ]
         return record
 
     @property
@@ -144,7 +152,9 @@ class FedAvg(FlowerFedAvg):
         record = self._record(server_round)
         self._global = parameters_to_ndarrays(parameters)
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        record["bytes_down"] += sum(parameters_size(ins.parameters) for _, ins in instructions)
+        record["bytes_down"] += sum(
+            parameters_size(ins.parameters) for _, ins in instructions
+        )
         return instructions
 
     def aggregate_fit(
@@ -157,7 +167,16 @@ class FedAvg(FlowerFedAvg):
         record = self._record(server_round)
         record["num_failures"] += len(failures)
         for failure in failures:
-            log.warning("round %d: a client failed to train: %s", server_round, failure)
+            log.warning(
+                "round %d: a client failed to train: %s",
+                server_round,
+                _describe(failure),
+            )
+        if failures and not results:
+            raise RuntimeError(
+                f"round {server_round}: all {len(failures)} sampled clients failed to "
+                f"train; first error: {_describe(failures[0])}"
+            )
         accepted: list[tuple[NDArrays, int]] = []
         accepted_metrics: list[tuple[int, dict[str, Scalar]]] = []
         for proxy, res in sorted(results, key=_client_order):
@@ -191,7 +210,10 @@ class FedAvg(FlowerFedAvg):
             "num_rejected": record["num_rejected"],
         }
         if not accepted:
-            log.warning("round %d: no update accepted; the global model is unchanged", server_round)
+            log.warning(
+                "round %d: no update accepted; the global model is unchanged",
+                server_round,
+            )
             return None, metrics
         self._global = aggregate_weighted(accepted)
         fit_metrics = aggregate_metrics(accepted_metrics)
@@ -226,7 +248,9 @@ class FedAvg(FlowerFedAvg):
         """Sample clients for federated evaluation and count the bytes sent."""
         if self.evaluate_clients_per_round == 0:
             return []
-        instructions = super().configure_evaluate(server_round, parameters, client_manager)
+        instructions = super().configure_evaluate(
+            server_round, parameters, client_manager
+        )
         self._record(server_round)["bytes_down"] += sum(
             parameters_size(ins.parameters) for _, ins in instructions
         )
@@ -242,10 +266,16 @@ class FedAvg(FlowerFedAvg):
         record = self._record(server_round)
         record["num_failures"] += len(failures)
         for failure in failures:
-            log.warning("round %d: a client failed to evaluate: %s", server_round, failure)
+            log.warning(
+                "round %d: a client failed to evaluate: %s",
+                server_round,
+                _describe(failure),
+            )
         ordered = sorted(results, key=_client_order)
         for proxy, res in ordered:
-            client = self._client_record(server_round, res.metrics.get("partition_id"), proxy.node_id)
+            client = self._client_record(
+                server_round, res.metrics.get("partition_id"), proxy.node_id
+            )
             client["val_loss"] = res.loss
             client.update(
                 {f"val_{k}": v for k, v in res.metrics.items() if k != "partition_id"}
@@ -253,10 +283,19 @@ class FedAvg(FlowerFedAvg):
         if not ordered:
             return None, {}
         loss = weighted_loss_avg([(res.num_examples, res.loss) for _, res in ordered])
-        metrics = aggregate_metrics([(res.num_examples, res.metrics) for _, res in ordered])
+        metrics = aggregate_metrics(
+            [(res.num_examples, res.metrics) for _, res in ordered]
+        )
         record["federated_loss"] = loss
         record.update({f"federated_{k}": v for k, v in metrics.items()})
         return loss, metrics
+
+
+def _describe(failure: tuple[ClientProxy, FitRes | EvaluateRes] | BaseException) -> str:
+    if isinstance(failure, BaseException):
+        return f"{type(failure).__name__}: {failure}"
+    proxy, res = failure
+    return f"node {proxy.node_id}: {res.status.code.name} {res.status.message}"
 
 
 def _natural(key: str) -> tuple[int, str]:

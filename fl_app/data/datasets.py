@@ -58,7 +58,9 @@ def _softmax_argmax(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=1).astype(np.int64)
 
 
-def generate_synthetic(cfg: DatasetConfig, num_clients: int, seed: int) -> list[ArrayDataset]:
+def generate_synthetic(
+    cfg: DatasetConfig, num_clients: int, seed: int
+) -> list[ArrayDataset]:
     """Generate Synthetic(alpha, beta) client datasets (Li et al., FedProx, 2020).
 
     Each client k draws a softmax-regression model ``W_k ~ N(u_k, 1)``,

@@ -90,7 +90,9 @@ def _load(
         generated = generate_synthetic(dataset, num_clients, seed)
         pools, tests = [], []
         for pid, data in enumerate(generated):
-            rest, test = split_rows(data, dataset.test_fraction, np.random.default_rng([seed, pid, 1]))
+            rest, test = split_rows(
+                data, dataset.test_fraction, np.random.default_rng([seed, pid, 1])
+            )
             pools.append(rest)
             tests.append(test)
         test = ArrayDataset(
@@ -99,7 +101,9 @@ def _load(
         num_classes = dataset.num_classes
     else:
         if dataset.name == "digits":
-            train_pool, test = _stratified_split(load_digits(), dataset.test_fraction, seed)
+            train_pool, test = _stratified_split(
+                load_digits(), dataset.test_fraction, seed
+            )
         else:  # hub datasets keep their own test split
             train_pool, test = load_hub(dataset.name)
         parts = partition_indices(train_pool.y, partition, num_clients, seed)

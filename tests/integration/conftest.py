@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FLOWER_PROCESS_MARKERS = ("flower-superlink", "flwr-simulation", "flwr-serverapp", "raylet", "gcs_server", "ray::")
+FLOWER_PROCESS_MARKERS = (
+    "flower-superlink",
+    "flwr-simulation",
+    "flwr-serverapp",
+    "raylet",
+    "gcs_server",
+    "ray::",
+)
 
 
 def flower_processes() -> dict[int, str]:
@@ -17,7 +24,12 @@ def flower_processes() -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (
+                (entry / "cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
             state = (entry / "stat").read_text().split(") ", 1)[1].split()[0]
         except OSError:
             continue
@@ -33,7 +45,9 @@ def no_leftover_processes():
     yield
     deadline = time.monotonic() + 15
     while True:
-        left = {pid: cmd for pid, cmd in flower_processes().items() if pid not in before}
+        left = {
+            pid: cmd for pid, cmd in flower_processes().items() if pid not in before
+        }
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -1,4 +1,4 @@
-"""End to end through Flower's simulation runtime (each test starts its own SuperLink)."""
+"""End to end through Flower's simulation runtime; each test has its own SuperLink."""
 
 import json
 
@@ -75,9 +75,15 @@ def test_invalid_config_fails_before_training(tmp_path, no_leftover_processes):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_failed_flower_run_exits_nonzero_with_flowers_error(tmp_path, no_leftover_processes):
+def test_failed_flower_run_exits_nonzero_with_flowers_error(
+    tmp_path, no_leftover_processes
+):
     # mnist comes from the hub; offline, the ServerApp fails while loading it.
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
     result = run_entry([*TINY, "num_rounds=1", "dataset=mnist"], tmp_path, env=env)
     assert result.returncode == 1
     output = result.stdout + result.stderr
@@ -87,13 +93,28 @@ def test_failed_flower_run_exits_nonzero_with_flowers_error(tmp_path, no_leftove
 def test_hydra_sweep_one_run_per_job(tmp_path, no_leftover_processes):
     sweep = tmp_path / "sweep"
     result = run_entry(
-        ["-m", *TINY, "num_rounds=1", "partition.alpha=0.3,1.0", f"hydra.sweep.dir={sweep}"],
+        [
+            "-m",
+            *TINY,
+            "num_rounds=1",
+            "partition.alpha=0.3,1.0",
+            f"hydra.sweep.dir={sweep}",
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for job in ("0", "1"):
         check_results(sweep / job, rounds=1, clients=2)
-    alphas = [json.loads((sweep / j / "summary.json").read_text())["run_config"]["partition-alpha"] for j in ("0", "1")]
+    alphas = [
+        json.loads((sweep / j / "summary.json").read_text())["run_config"][
+            "partition-alpha"
+        ]
+        for j in ("0", "1")
+    ]
     assert alphas == [0.3, 1.0]
     table = (sweep / "comparison.md").read_text().splitlines()
-    assert len(table) == 4 and "partition.alpha=0.3" in table[2] and "partition.alpha=1.0" in table[3]
+    assert (
+        len(table) == 4
+        and "partition.alpha=0.3" in table[2]
+        and "partition.alpha=1.0" in table[3]
+    )

@@ -44,7 +44,9 @@ def test_aggregate_weighted_empty_or_zero_examples_raises():
 
 def test_aggregate_weighted_order_independent_up_to_rounding():
     rng = np.random.default_rng(0)
-    results = [([rng.normal(size=(3, 4)).astype(np.float32)], int(n)) for n in (5, 9, 2)]
+    results = [
+        ([rng.normal(size=(3, 4)).astype(np.float32)], int(n)) for n in (5, 9, 2)
+    ]
     forward = aggregate_weighted(results)[0]
     backward = aggregate_weighted(results[::-1])[0]
     np.testing.assert_allclose(forward, backward, rtol=1e-6)
@@ -52,7 +54,10 @@ def test_aggregate_weighted_order_independent_up_to_rounding():
 
 def test_aggregate_metrics_weighted_by_examples():
     # Prepare: accuracy 0.5 on 10 examples and 1.0 on 30; loss only from the first.
-    results = [(10, {"accuracy": 0.5, "loss": 2.0, "partition_id": 0}), (30, {"accuracy": 1.0, "partition_id": 1})]
+    results = [
+        (10, {"accuracy": 0.5, "loss": 2.0, "partition_id": 0}),
+        (30, {"accuracy": 1.0, "partition_id": 1}),
+    ]
     # Execute
     metrics = aggregate_metrics(results)
     # Assert: (10*0.5 + 30*1.0) / 40 = 0.875; loss averages over its one reporter
@@ -61,7 +66,9 @@ def test_aggregate_metrics_weighted_by_examples():
 
 def test_check_update_accepts_matching_update():
     ref = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
-    assert check_update(ref, [np.ones((2, 3), np.float32), np.ones(3, np.float32)]) is None
+    assert (
+        check_update(ref, [np.ones((2, 3), np.float32), np.ones(3, np.float32)]) is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,7 +78,10 @@ def test_check_update_accepts_matching_update():
         ([np.zeros((3, 2), np.float32), np.zeros(3, np.float32)], "shape (3, 2)"),
         ([np.zeros((2, 3), np.float64), np.zeros(3, np.float32)], "dtype float64"),
         ([np.full((2, 3), np.nan, np.float32), np.zeros(3, np.float32)], "NaN or Inf"),
-        ([np.zeros((2, 3), np.float32), np.array([0, np.inf, 0], np.float32)], "layer 1"),
+        (
+            [np.zeros((2, 3), np.float32), np.array([0, np.inf, 0], np.float32)],
+            "layer 1",
+        ),
     ],
 )
 def test_check_update_rejects_malformed(update, reason):

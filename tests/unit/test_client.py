@@ -7,7 +7,9 @@ from fl_app.client import KerasClient, check_partition
 from fl_app.config import ConfigError, parse_run_config
 from fl_app.training import clear_model_cache, get_compiled_model
 
-CFG = parse_run_config({"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4})
+CFG = parse_run_config(
+    {"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4}
+)
 
 
 @pytest.fixture(autouse=True)

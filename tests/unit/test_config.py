@@ -4,7 +4,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fl_app.config import ConfigError, default_run_config, flatten_nested, parse_run_config
+from fl_app.config import (
+    ConfigError,
+    default_run_config,
+    flatten_nested,
+    parse_run_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +82,10 @@ def test_config_experiment_synthetic_iid_is_valid():
         ({"clients-per-round": 11}, ["'clients-per-round'", "11", "num-clients (10)"]),
         ({"num-rounds": "ten"}, ["'num-rounds'", "'ten'", "expected int"]),
         ({"num-rounds": 2.5}, ["'num-rounds'", "2.5", "expected int"]),
-        ({"client-learning-rate": "fast"}, ["'client-learning-rate'", "expected float"]),
+        (
+            {"client-learning-rate": "fast"},
+            ["'client-learning-rate'", "expected float"],
+        ),
         ({"save-model": 1}, ["'save-model'", "expected bool"]),
         ({"model-width": 1.5}, ["'model-width'", "1.5", "0 < value <= 1"]),
         ({"dataset-val-fraction": 0.9}, ["'dataset-val-fraction'", "0.9"]),
@@ -100,6 +108,10 @@ def test_config_int_accepted_for_float():
 
 def test_flatten_nested_rule():
     flat = flatten_nested(
-        {"num_rounds": 3, "partition": {"name": "iid", "min_size": 5}, "simulation": {"x": 1}}
+        {
+            "num_rounds": 3,
+            "partition": {"name": "iid", "min_size": 5},
+            "simulation": {"x": 1},
+        }
     )
     assert flat == {"num-rounds": 3, "partition": "iid", "partition-min-size": 5}

@@ -7,8 +7,17 @@ from fl_app.data.datasets import generate_synthetic, load_digits, load_hub
 
 
 def synth(**kw):
-    base = dict(name="synthetic", test_fraction=0.2, val_fraction=0.1, alpha=1.0, beta=1.0,
-                iid=False, samples_per_client=100, dim=60, num_classes=10)
+    base = dict(
+        name="synthetic",
+        test_fraction=0.2,
+        val_fraction=0.1,
+        alpha=1.0,
+        beta=1.0,
+        iid=False,
+        samples_per_client=100,
+        dim=60,
+        num_classes=10,
+    )
     return DatasetConfig(**{**base, **kw})
 
 
@@ -22,12 +31,16 @@ def test_load_digits_shape_and_range():
 def test_synthetic_deterministic_and_shaped():
     a = generate_synthetic(synth(), 3, seed=5)
     b = generate_synthetic(synth(), 3, seed=5)
-    assert all(np.array_equal(x.x, y.x) and np.array_equal(x.y, y.y) for x, y in zip(a, b))
+    assert all(
+        np.array_equal(x.x, y.x) and np.array_equal(x.y, y.y) for x, y in zip(a, b)
+    )
     assert all(d.x.shape == (100, 60) for d in a)
 
 
 def test_synthetic_lognormal_sizes_when_zero():
-    sizes = [len(d) for d in generate_synthetic(synth(samples_per_client=0), 20, seed=1)]
+    sizes = [
+        len(d) for d in generate_synthetic(synth(samples_per_client=0), 20, seed=1)
+    ]
     assert min(sizes) >= 50 and len(set(sizes)) > 1
 
 

@@ -26,7 +26,12 @@ def global_model():
 
 
 def fit_res(weights, n, pid):
-    return FitRes(OK, ndarrays_to_parameters(weights), n, {"partition_id": pid, "train_loss": float(pid)})
+    return FitRes(
+        OK,
+        ndarrays_to_parameters(weights),
+        n,
+        {"partition_id": pid, "train_loss": float(pid)},
+    )
 
 
 def make_strategy(evaluate_fn=None):
@@ -44,7 +49,10 @@ def test_fedavg_aggregates_weighted_and_records_bytes():
     strategy = make_strategy()
     ones = [np.ones((2, 2), np.float32), np.ones(2, np.float32)]
     fives = [np.full((2, 2), 5.0, np.float32), np.full(2, 5.0, np.float32)]
-    results = [(FakeProxy(7), fit_res(fives, 3, 1)), (FakeProxy(9), fit_res(ones, 1, 0))]
+    results = [
+        (FakeProxy(7), fit_res(fives, 3, 1)),
+        (FakeProxy(9), fit_res(ones, 1, 0)),
+    ]
     # Execute
     params, metrics = strategy.aggregate_fit(1, results, [])
     # Assert: (1*1 + 3*5) / 4 = 4; train_loss (1*0 + 3*1) / 4 = 0.75
@@ -83,7 +91,9 @@ def test_fedavg_rejects_bad_shape_and_nan_and_keeps_global():
 def test_fedavg_all_rejected_leaves_global_unchanged():
     strategy = make_strategy()
     nan = [np.full((2, 2), np.inf, np.float32), np.ones(2, np.float32)]
-    params, metrics = strategy.aggregate_fit(1, [(FakeProxy(1), fit_res(nan, 5, 0))], [])
+    params, metrics = strategy.aggregate_fit(
+        1, [(FakeProxy(1), fit_res(nan, 5, 0))], []
+    )
     assert params is None
     assert metrics["num_rejected"] == 1
     np.testing.assert_array_equal(strategy.global_parameters[0], np.zeros((2, 2)))
@@ -92,7 +102,10 @@ def test_fedavg_all_rejected_leaves_global_unchanged():
 def test_fedavg_fixed_order_gives_identical_result_for_shuffled_arrival():
     rng = np.random.default_rng(3)
     updates = [
-        [rng.normal(size=(2, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)]
+        [
+            rng.normal(size=(2, 2)).astype(np.float32),
+            rng.normal(size=2).astype(np.float32),
+        ]
         for _ in range(3)
     ]
     results = [(FakeProxy(10 + i), fit_res(u, 7 + i, i)) for i, u in enumerate(updates)]
@@ -121,3 +134,21 @@ def test_fedavg_records_central_and_federated_evaluation():
 def test_parameters_size_counts_serialized_bytes():
     params = Parameters(tensors=[b"abc", b"defgh"], tensor_type="numpy.ndarray")
     assert parameters_size(params) == 8
+
+
+def test_fedavg_all_clients_failed_stops_the_run_with_their_error():
+    import pytest
+
+    strategy = make_strategy()
+    with pytest.raises(RuntimeError, match="all 2 sampled clients failed.*boom"):
+        strategy.aggregate_fit(1, [], [RuntimeError("boom"), RuntimeError("bang")])
+
+
+def test_fedavg_some_failures_are_counted_not_fatal():
+    strategy = make_strategy()
+    ones = [np.ones((2, 2), np.float32), np.ones(2, np.float32)]
+    params, _ = strategy.aggregate_fit(
+        1, [(FakeProxy(1), fit_res(ones, 4, 0))], [RuntimeError("gone")]
+    )
+    assert params is not None
+    assert strategy.pop_round_record(1)["num_failures"] == 1

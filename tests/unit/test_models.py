@@ -11,7 +11,9 @@ from fl_app.models import build_model, scale_units
 )
 def test_cnn_shapes_per_width(width, conv1, conv2, fc1):
     model = build_model(ModelConfig("cnn", width), (8, 8, 1), 10)
-    shapes = {layer.name: [w.shape for w in layer.get_weights()] for layer in model.layers}
+    shapes = {
+        layer.name: [w.shape for w in layer.get_weights()] for layer in model.layers
+    }
     assert shapes["conv1"] == [(3, 3, 1, conv1), (conv1,)]
     assert shapes["conv2"] == [(3, 3, conv1, conv2), (conv2,)]
     # 8x8 pooled to 4x4: flatten gives 16 * conv2 inputs
@@ -25,7 +27,12 @@ def test_mlp_shapes_per_width(width):
     model = build_model(ModelConfig("mlp", width), (60,), 10)
     hidden = scale_units(200, width)
     assert [w.shape for w in model.get_weights()] == [
-        (60, hidden), (hidden,), (hidden, hidden), (hidden,), (hidden, 10), (10,)
+        (60, hidden),
+        (hidden,),
+        (hidden, hidden),
+        (hidden,),
+        (hidden, 10),
+        (10,),
     ]
 
 

@@ -43,27 +43,38 @@ def test_partition_iid_sizes_balanced():
 def label_skew(parts):
     """Mean total-variation distance between client label histograms and the pool's."""
     pool = np.bincount(LABELS, minlength=10) / len(LABELS)
-    tv = [0.5 * np.abs(np.bincount(LABELS[p], minlength=10) / len(p) - pool).sum() for p in parts]
+    tv = [
+        0.5 * np.abs(np.bincount(LABELS[p], minlength=10) / len(p) - pool).sum()
+        for p in parts
+    ]
     return float(np.mean(tv))
 
 
 def test_partition_dirichlet_skew_grows_as_alpha_shrinks():
     iid = label_skew(partition_indices(LABELS, part("iid"), 10, seed=0))
-    mild = label_skew(partition_indices(LABELS, part("dirichlet", alpha=10.0), 10, seed=0))
-    strong = label_skew(partition_indices(LABELS, part("dirichlet", alpha=0.1), 10, seed=0))
+    mild = label_skew(
+        partition_indices(LABELS, part("dirichlet", alpha=10.0), 10, seed=0)
+    )
+    strong = label_skew(
+        partition_indices(LABELS, part("dirichlet", alpha=0.1), 10, seed=0)
+    )
     # iid stays near the pool; alpha=0.1 puts most of a client's mass on few classes
     assert iid < 0.1 < strong
     assert mild < strong
 
 
 def test_partition_pathological_exact_classes_per_client():
-    parts = partition_indices(LABELS, part("pathological", classes_per_client=3), 10, seed=0)
+    parts = partition_indices(
+        LABELS, part("pathological", classes_per_client=3), 10, seed=0
+    )
     assert all(len(np.unique(LABELS[p])) == 3 for p in parts)
 
 
 def test_partition_pathological_too_many_classes_is_clear():
     with pytest.raises(PartitionError, match="partition-classes-per-client.*11"):
-        partition_indices(LABELS, part("pathological", classes_per_client=11), 10, seed=0)
+        partition_indices(
+            LABELS, part("pathological", classes_per_client=11), 10, seed=0
+        )
 
 
 def test_partition_too_many_clients_is_clear():
@@ -85,9 +96,16 @@ def test_federated_data_splits_and_cache():
 
 def test_federated_data_synthetic_iid_and_sizes():
     cfg = parse_run_config(
-        {"dataset": "synthetic", "partition": "natural", "model": "softmax",
-         "dataset-iid": True, "dataset-samples-per-client": 200, "num-clients": 4,
-         "clients-per-round": 4, "evaluate-clients-per-round": 4}
+        {
+            "dataset": "synthetic",
+            "partition": "natural",
+            "model": "softmax",
+            "dataset-iid": True,
+            "dataset-samples-per-client": 200,
+            "num-clients": 4,
+            "clients-per-round": 4,
+            "evaluate-clients-per-round": 4,
+        }
     )
     data = load_federated_data(cfg)
     assert data.input_shape == (60,) and data.num_classes == 10
