@@ -208,13 +208,11 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _group_alive(pgid):
-            if process.poll() is None:
-                time.sleep(0.1)
-            else:
-                time.sleep(0.1)
-        if not _group_alive(pgid):
-            break
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader: a zombie still counts as a member
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.1)
     try:
         process.wait(timeout=5)
     except subprocess.TimeoutExpired:
@@ -222,13 +220,27 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Whether a process of the group is still running (zombies do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs: ask the kernel, which counts zombies too
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
         return True
-    return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # after "(command) ": state, ppid, pgrp, ...
+            state, _, group = (
+                (entry / "stat").read_text().rsplit(") ", 1)[1].split()[:3]
+            )
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def _run_status(link: LocalSuperLink, run_id: int) -> tuple[str, str]:
