@@ -153,3 +153,24 @@ def append_sweep_row(
         ]
         lines.append(f"| {r['overrides']} | " + " | ".join(cells) + " |")
     (sweep_dir / SWEEP_FILE).write_text("\n".join(lines) + "\n")
+    plot_sweep(rows, sweep_dir / "comparison.png")
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Bar chart of each sweep job's final central accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["overrides"] for row in rows]
+    values = [row.get("final_accuracy") or 0.0 for row in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 2), 4))
+    ax.bar(range(len(rows)), values)
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("final central accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
