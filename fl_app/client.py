@@ -5,11 +5,21 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
+from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
 from fl_app.config import ConfigError, RunConfig
 from fl_app.data import load_federated_data
+from fl_app.personalization import (
+    PersonalState,
+    blend,
+    get_personal_trainer,
+    local_weight_mask,
+    strip_local,
+    weight_alphas,
+)
 from fl_app.training import ModelKey, evaluate_model, get_compiled_model, train_local
 
 log = logging.getLogger(__name__)
@@ -49,15 +59,34 @@ class KerasClient(NumPyClient):
 
     The compiled model comes from the per-process cache and is shared with the other
     clients this process serves; everything client-specific (weights, optimizer
-    state, shuffling) is set per call, so nothing leaks between clients.
+    state, shuffling, augmentation seeds, the personal model in ``state``) is set per
+    call, so nothing leaks between clients.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The validated run configuration.
+    partition_id : int
+        Which client partition this client holds.
+    state : RecordDict | None
+        The node's persistent state (``context.state``); personalization keeps the
+        client's local model and alpha there.
     """
 
-    def __init__(self, cfg: RunConfig, partition_id: int) -> None:
+    def __init__(
+        self, cfg: RunConfig, partition_id: int, state: RecordDict | None = None
+    ) -> None:
         data = load_federated_data(cfg)
         self.cfg = cfg
         self.partition_id = partition_id
         self.data = data.clients[partition_id]
         self.key = model_key(cfg, data.input_shape, data.num_classes)
+        check_image_input(cfg.client.augmentation, data.input_shape)
+        self.personal = (
+            PersonalState(state if state is not None else RecordDict())
+            if cfg.personalization is not None
+            else None
+        )
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """Return the weights of a freshly initialised model (seeded by the run)."""
@@ -68,28 +97,71 @@ class KerasClient(NumPyClient):
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Train the received global model locally and return the new weights."""
         server_round = int(config.get("server_round", 0))
+        rng = np.random.default_rng([self.cfg.seed, server_round, self.partition_id])
+        augment = make_augmenter(
+            self.cfg.client.augmentation, int(rng.integers(2**31 - 1))
+        )
+        if self.personal is not None:
+            return self._fit_personalized(parameters, rng, augment)
         model = get_compiled_model(self.key, self.cfg.seed)
         model.set_weights(parameters)
-        rng = np.random.default_rng([self.cfg.seed, server_round, self.partition_id])
-        metrics = train_local(model, self.data.train, self.cfg.client, rng)
+        metrics = train_local(model, self.data.train, self.cfg.client, rng, augment)
         return (
             model.get_weights(),
             len(self.data.train),
             {"partition_id": self.partition_id, **metrics},
         )
 
+    def _fit_personalized(
+        self,
+        parameters: NDArrays,
+        rng: np.random.Generator,
+        augment: Augmenter | None,
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        pcfg = self.cfg.personalization
+        trainer = get_personal_trainer(self.key, pcfg)
+        local, alpha = self.personal.load()
+        if local is None:  # first round: the local model starts as the global one
+            local, alpha = [w.copy() for w in parameters], pcfg.alpha
+        result = trainer.train(
+            parameters, local, alpha, self.data.train, self.cfg.client, rng, augment
+        )
+        self.personal.save(result.local_weights, result.alpha)
+        metrics: dict[str, Scalar] = {
+            "partition_id": self.partition_id,
+            "train_loss": result.loss,
+            "train_accuracy": result.accuracy,
+        }
+        if pcfg.mode != "fedper":
+            metrics["alpha"] = result.alpha
+        return (
+            strip_local(result.global_weights, trainer.mask),
+            len(self.data.train),
+            metrics,
+        )
+
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
-        """Evaluate the received global model on this client's validation rows."""
+        """Evaluate the global and any personalized model on the validation rows."""
         model = get_compiled_model(self.key, self.cfg.seed)
         model.set_weights(parameters)
         loss, accuracy = evaluate_model(model, self.data.val)
-        return (
-            loss,
-            len(self.data.val),
-            {
-                "accuracy": accuracy,
-                "partition_id": self.partition_id,
-            },
-        )
+        metrics: dict[str, Scalar] = {
+            "accuracy": accuracy,
+            "partition_id": self.partition_id,
+        }
+        if self.personal is not None:
+            pcfg = self.cfg.personalization
+            local, alpha = self.personal.load()
+            if local is None:  # not trained yet: personalized = global
+                local, alpha = parameters, pcfg.alpha
+            mask = local_weight_mask(model, pcfg.local_layers)
+            model.set_weights(
+                blend(local, parameters, weight_alphas(pcfg, mask, alpha))
+            )
+            p_loss, p_accuracy = evaluate_model(model, self.data.val)
+            metrics.update(personalized_accuracy=p_accuracy, personalized_loss=p_loss)
+            if pcfg.mode != "fedper":
+                metrics["alpha"] = alpha
+        return loss, len(self.data.val), metrics

@@ -17,7 +17,7 @@ def client_fn(context: Context) -> Client:
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     check_partition(cfg, partition_id, num_partitions)
-    return KerasClient(cfg, partition_id).to_client()
+    return KerasClient(cfg, partition_id, context.state).to_client()
 
 
 app = ClientApp(client_fn=client_fn)

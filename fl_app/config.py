@@ -21,7 +21,15 @@ DATASETS = ("digits", "synthetic", "mnist", "cifar10")
 HUB_DATASETS = ("mnist", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 MODELS = ("cnn", "mlp", "softmax")
-STRATEGIES = ("fedavg",)
+STRATEGIES = ("fedavg", "personalized")
+PERSONAL_MODES = ("fixed", "apfl", "fedper")
+FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
+# Named layers of each builder in fl_app/models.py (a unit test keeps them equal).
+MODEL_LAYERS = {
+    "cnn": ("conv1", "conv2", "fc1", "classifier"),
+    "mlp": ("fc1", "fc2", "classifier"),
+    "softmax": ("classifier",),
+}
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -64,6 +72,47 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AugmentationConfig:
+    """Random image transformations applied to training batches only.
+
+    Factors follow the Keras preprocessing layers: ``rotation`` as a fraction of a
+    full turn, ``translation`` and ``zoom`` as fractions of the image size,
+    ``contrast`` as the contrast factor; 0 (or ``flip="none"``) disables one.
+    """
+
+    name: str
+    rotation: float
+    translation: float
+    zoom: float
+    flip: str
+    contrast: float
+
+    @property
+    def active(self) -> bool:
+        """Whether any transformation is switched on."""
+        return (
+            max(self.rotation, self.translation, self.zoom, self.contrast) > 0
+            or self.flip != "none"
+        )
+
+
+@dataclass(frozen=True)
+class PersonalizationConfig:
+    """Personalized blending ``alpha * local + (1 - alpha) * global``.
+
+    ``fixed``: APFL with a fixed ``alpha``; ``apfl``: ``alpha`` learned per client
+    (Deng et al., 2020); ``fedper``: the layers in ``local_layers`` are purely local
+    (``alpha = 1``) and never leave the client, the others purely global.
+    ``local_layers`` is empty except in ``fedper`` mode.
+    """
+
+    mode: str
+    alpha: float
+    alpha_lr: float
+    local_layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Local training on each client."""
 
@@ -74,6 +123,7 @@ class ClientConfig:
     # False rebuilds and recompiles the model on every call, as Flower's
     # quickstart-tensorflow client does; kept for comparison benchmarks.
     model_cache: bool
+    augmentation: AugmentationConfig
 
 
 @dataclass(frozen=True)
@@ -86,6 +136,7 @@ class RunConfig:
     clients_per_round: int
     evaluate_clients_per_round: int
     strategy: str
+    personalization: PersonalizationConfig | None
     output_dir: str
     save_model: bool
     dataset: DatasetConfig
@@ -126,6 +177,10 @@ FIELDS: dict[str, _Field] = {
         int, 10, "0 (no federated evaluation) <= value <= num-clients", _non_negative
     ),
     "strategy": _Field(str, "fedavg", choices=STRATEGIES),
+    "strategy-mode": _Field(str, "apfl", choices=PERSONAL_MODES),
+    "strategy-alpha": _Field(float, 0.5, "0 <= value <= 1", lambda v: 0 <= v <= 1),
+    "strategy-alpha-lr": _Field(float, 0.01, ">= 0", _non_negative),
+    "strategy-local-layers": _Field(str, "classifier"),
     "output-dir": _Field(str, ""),
     "save-model": _Field(bool, True),
     "dataset": _Field(str, "digits", choices=DATASETS),
@@ -150,6 +205,20 @@ FIELDS: dict[str, _Field] = {
     "client-learning-rate": _Field(float, 0.005, "> 0", _positive),
     "client-optimizer": _Field(str, "adam", choices=OPTIMIZERS),
     "client-model-cache": _Field(bool, True),
+    "client-augmentation": _Field(str, "none"),
+    "client-augmentation-rotation": _Field(
+        float, 0.0, "0 <= value < 1", lambda v: 0 <= v < 1
+    ),
+    "client-augmentation-translation": _Field(
+        float, 0.0, "0 <= value < 1", lambda v: 0 <= v < 1
+    ),
+    "client-augmentation-zoom": _Field(
+        float, 0.0, "0 <= value < 1", lambda v: 0 <= v < 1
+    ),
+    "client-augmentation-flip": _Field(str, "none", choices=FLIP_MODES),
+    "client-augmentation-contrast": _Field(
+        float, 0.0, "0 <= value < 1", lambda v: 0 <= v < 1
+    ),
 }
 
 
@@ -250,6 +319,40 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
         raise _fail(
             "model", v["model"], "mlp or softmax for dataset=synthetic (vectors)"
         )
+    augmentation = AugmentationConfig(
+        name=v["client-augmentation"],
+        rotation=v["client-augmentation-rotation"],
+        translation=v["client-augmentation-translation"],
+        zoom=v["client-augmentation-zoom"],
+        flip=v["client-augmentation-flip"],
+        contrast=v["client-augmentation-contrast"],
+    )
+    if augmentation.active and synthetic:
+        raise _fail(
+            "client-augmentation",
+            v["client-augmentation"],
+            "'none' (all factors 0) for dataset=synthetic: image augmentation needs "
+            "image data",
+        )
+    local_layers = tuple(
+        name.strip() for name in v["strategy-local-layers"].split(",") if name.strip()
+    )
+    known_layers = MODEL_LAYERS[v["model"]]
+    personalized = v["strategy"] == "personalized"
+    if personalized and v["strategy-mode"] == "fedper":
+        if not local_layers or any(n not in known_layers for n in local_layers):
+            raise _fail(
+                "strategy-local-layers",
+                v["strategy-local-layers"],
+                f"comma-separated layer names of model '{v['model']}': "
+                f"{', '.join(known_layers)}",
+            )
+        if set(local_layers) == set(known_layers):
+            raise _fail(
+                "strategy-local-layers",
+                v["strategy-local-layers"],
+                "a proper subset of the layers (something must be shared)",
+            )
 
     return RunConfig(
         seed=v["seed"],
@@ -258,6 +361,14 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
         clients_per_round=v["clients-per-round"],
         evaluate_clients_per_round=v["evaluate-clients-per-round"],
         strategy=v["strategy"],
+        personalization=PersonalizationConfig(
+            mode=v["strategy-mode"],
+            alpha=v["strategy-alpha"],
+            alpha_lr=v["strategy-alpha-lr"],
+            local_layers=local_layers if v["strategy-mode"] == "fedper" else (),
+        )
+        if personalized
+        else None,
         output_dir=v["output-dir"],
         save_model=v["save-model"],
         dataset=DatasetConfig(
@@ -284,6 +395,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             learning_rate=v["client-learning-rate"],
             optimizer=v["client-optimizer"],
             model_cache=v["client-model-cache"],
+            augmentation=augmentation,
         ),
     )
 
@@ -291,30 +403,29 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
 NON_APP_GROUPS = frozenset({"simulation", "hydra"})
 
 
-def flatten_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
+def flatten_nested(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten a nested (Hydra) configuration into the flat run-config keys.
 
-    A group's ``name`` becomes the key ``<group>`` and each other field ``f`` the key
-    ``<group>-f``; top-level scalars keep their name. Underscores become hyphens.
-    Groups in :data:`NON_APP_GROUPS` configure the runtime and are skipped.
+    A group's ``name`` becomes the group's own key and each other field ``f`` the key
+    ``<group>-f``, recursively for nested groups (``client.augmentation.zoom`` is
+    ``client-augmentation-zoom``); top-level scalars keep their name. Underscores
+    become hyphens. Groups in :data:`NON_APP_GROUPS` configure the runtime and are
+    skipped.
 
     >>> flatten_nested({"num_rounds": 3, "partition": {"name": "iid", "min_size": 5}})
     {'num-rounds': 3, 'partition': 'iid', 'partition-min-size': 5}
     """
     flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        if key in NON_APP_GROUPS:
+    for field, value in nested.items():
+        if not prefix and field in NON_APP_GROUPS:
             continue
-        group = key.replace("_", "-")
-        if isinstance(value, Mapping):
-            for field, inner in value.items():
-                if isinstance(inner, Mapping):
-                    raise ConfigError(
-                        f"config '{key}.{field}': nested groups are not supported"
-                    )
-                flat[
-                    group if field == "name" else f"{group}-{field.replace('_', '-')}"
-                ] = inner
+        if prefix and field == "name":
+            key = prefix
         else:
-            flat[group] = value
+            key = f"{prefix}-{field}" if prefix else field
+            key = key.replace("_", "-")
+        if isinstance(value, Mapping):
+            flat.update(flatten_nested(value, key))
+        else:
+            flat[key] = value
     return flat

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from flwr.app import Context
 from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
@@ -26,9 +26,11 @@ import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client import model_key
 from fl_app.config import RunConfig, parse_run_config
 from fl_app.data import load_federated_data
+from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
-from fl_app.training import evaluate_model, get_compiled_model
+from fl_app.training import evaluate_model, get_compiled_model, keras
 from strategies.fedavg import FedAvg
+from strategies.personalized import PersonalizedFedAvg
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,14 @@ def _log_to_console() -> None:
         logger.propagate = False
 
 
+def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
+    """Return the configured strategy; personalization marks client-local arrays."""
+    if cfg.personalization is None:
+        return FedAvg(**kwargs)
+    mask = local_weight_mask(model, cfg.personalization.local_layers)
+    return PersonalizedFedAvg(local_mask=mask, **kwargs)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run federated training and write the results."""
@@ -131,7 +141,9 @@ def main(grid: Grid, context: Context) -> None:
         central[server_round] = (loss, accuracy)
         return loss, {"accuracy": accuracy}
 
-    strategy = FedAvg(
+    strategy = build_strategy(
+        cfg,
+        model,
         num_clients=cfg.num_clients,
         clients_per_round=cfg.clients_per_round,
         evaluate_clients_per_round=cfg.evaluate_clients_per_round,
@@ -166,6 +178,12 @@ def main(grid: Grid, context: Context) -> None:
             "final_accuracy": central[final_round][1],
             "final_loss": central[final_round][0],
             "initial_accuracy": central.get(0, (None, None))[1],
+            # example-weighted mean over the clients' own held-out rows (last round)
+            "final_personalized_accuracy": recorder.rows[-1].get(
+                "federated_personalized_accuracy"
+            )
+            if recorder.rows
+            else None,
             "wall_time_s": time.perf_counter() - started,
             "dataset": cfg.dataset.name,
             "partition": cfg.partition.name,

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.augmentation import Augmenter
 from fl_app.config import ClientConfig, ModelConfig
 from fl_app.data import ArrayDataset
 from fl_app.models import build_model
@@ -95,9 +96,9 @@ def clear_model_cache() -> None:
     keras.backend.clear_session()
 
 
-def reset_optimizer(model: keras.Model) -> None:
-    """Zero the optimizer's state (step count, moments) so no client inherits it."""
-    for variable in model.optimizer.variables:
+def reset_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
+    """Zero an optimizer's state (step count, moments) so no client inherits it."""
+    for variable in optimizer.variables:
         variable.assign(tf.zeros_like(variable))
 
 
@@ -106,23 +107,30 @@ def train_local(
     data: ArrayDataset,
     cfg: ClientConfig,
     rng: np.random.Generator,
+    augment: Augmenter | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``data`` for ``cfg.local_epochs`` epochs.
 
-    Each epoch visits the rows in an order drawn from ``rng``. Returns the loss and
-    accuracy of the last epoch.
+    Each epoch visits the rows in an order drawn from ``rng``; ``augment``, if given,
+    transforms each training batch. Returns the loss and accuracy of the last epoch.
     """
-    reset_optimizer(model)
+    reset_optimizer(model.optimizer)
     logs: dict[str, float] = {}
     for _ in range(cfg.local_epochs):
         order = rng.permutation(len(data))
         logs = _run_batches(
-            model.train_on_batch, model, data.take(order), cfg.batch_size
+            model.train_on_batch, model, data.take(order), cfg.batch_size, augment
         )
     return {"train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
 
 
-def _run_batches(step, model: keras.Model, data: ArrayDataset, batch_size: int) -> dict:
+def _run_batches(
+    step,
+    model: keras.Model,
+    data: ArrayDataset,
+    batch_size: int,
+    augment: Augmenter | None = None,
+) -> dict:
     """Run ``step`` (``train_on_batch`` or ``test_on_batch``) over ``data`` in order.
 
     The compiled metrics accumulate over the batches (weighted by batch size), so the
@@ -133,8 +141,9 @@ def _run_batches(step, model: keras.Model, data: ArrayDataset, batch_size: int) 
     model.reset_metrics()
     logs: dict = {}
     for start in range(0, len(data), batch_size):
+        x = data.x[start : start + batch_size]
         logs = step(
-            data.x[start : start + batch_size],
+            x if augment is None else augment(x),
             data.y[start : start + batch_size],
             reset_metrics=False,
             return_dict=True,

@@ -85,3 +85,43 @@ def check_update(reference: NDArrays, update: NDArrays) -> str | None:
         if np.issubdtype(layer.dtype, np.inexact) and not np.all(np.isfinite(layer)):
             return f"layer {i} contains NaN or Inf"
     return None
+
+
+def check_partial_update(
+    reference: NDArrays, update: NDArrays, shared: Sequence[bool]
+) -> str | None:
+    """Like :func:`check_update` where only the ``shared`` layers travel.
+
+    Layers that are not shared stay on the client: their slot in ``update`` must be
+    an empty array.
+    """
+    if len(update) != len(reference):
+        return f"{len(update)} layers, expected {len(reference)}"
+    for i, (layer, is_shared) in enumerate(zip(update, shared, strict=True)):
+        if not is_shared and layer.size != 0:
+            return (
+                f"layer {i} is local to the client and must be empty, has {layer.shape}"
+            )
+    kept = [i for i, is_shared in enumerate(shared) if is_shared]
+    reason = check_update([reference[i] for i in kept], [update[i] for i in kept])
+    if reason is not None and reason.startswith("layer "):
+        index, rest = reason[len("layer ") :].split(" ", 1)
+        return f"layer {kept[int(index)]} {rest}"
+    return reason
+
+
+def aggregate_partial(
+    reference: NDArrays, results: Sequence[tuple[NDArrays, int]], shared: Sequence[bool]
+) -> NDArrays:
+    """Average the ``shared`` layers (FedAvg); the others keep their ``reference``."""
+    averaged = iter(
+        aggregate_weighted(
+            [
+                ([w for w, s in zip(weights, shared, strict=True) if s], n)
+                for weights, n in results
+            ]
+        )
+    )
+    return [
+        next(averaged) if s else ref for ref, s in zip(reference, shared, strict=True)
+    ]

@@ -215,7 +215,7 @@ class FedAvg(FlowerFedAvg):
                 server_round,
             )
             return None, metrics
-        self._global = aggregate_weighted(accepted)
+        self._global = self.aggregate_layers(accepted)
         fit_metrics = aggregate_metrics(accepted_metrics)
         record.update(fit_metrics)
         metrics.update(fit_metrics)
@@ -228,7 +228,15 @@ class FedAvg(FlowerFedAvg):
             update = parameters_to_ndarrays(res.parameters)
         except Exception as err:  # a payload that does not deserialize
             return f"parameters do not deserialize: {err}"
+        return self.check_layers(update)
+
+    def check_layers(self, update: NDArrays) -> str | None:
+        """Why ``update`` cannot be aggregated into the global model, or None."""
         return check_update(self._global, update)
+
+    def aggregate_layers(self, accepted: list[tuple[NDArrays, int]]) -> NDArrays:
+        """Return the new global model from accepted ``(weights, examples)`` pairs."""
+        return aggregate_weighted(accepted)
 
     def evaluate(
         self, server_round: int, parameters: Parameters

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from strategies.aggregation import aggregate_metrics, aggregate_weighted, check_update
+from strategies.aggregation import (
+    aggregate_metrics,
+    aggregate_partial,
+    aggregate_weighted,
+    check_partial_update,
+    check_update,
+)
 
 
 def test_aggregate_weighted_hand_computed():
@@ -88,3 +94,32 @@ def test_check_update_rejects_malformed(update, reason):
     ref = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
     result = check_update(ref, update)
     assert result is not None and reason in result
+
+
+def test_aggregate_partial_hand_computed():
+    # Prepare: body array shared, head array local. Global head is 7.
+    reference = [np.zeros(2, np.float32), np.full(1, 7.0, np.float32)]
+    results = [
+        ([np.array([2.0, 4.0], np.float32), np.empty(0, np.float32)], 1),
+        ([np.array([6.0, 0.0], np.float32), np.empty(0, np.float32)], 3),
+    ]
+    # Execute
+    body, head = aggregate_partial(reference, results, shared=[True, False])
+    # Assert: (1*2 + 3*6)/4 = 5 and (1*4 + 3*0)/4 = 1; the head keeps 7
+    np.testing.assert_array_equal(body, [5.0, 1.0])
+    np.testing.assert_array_equal(head, [7.0])
+
+
+def test_check_partial_update():
+    reference = [np.zeros(2, np.float32), np.zeros(1, np.float32)]
+    ok = [np.ones(2, np.float32), np.empty(0, np.float32)]
+    assert check_partial_update(reference, ok, [True, False]) is None
+    leaked = [np.ones(2, np.float32), np.ones(1, np.float32)]
+    assert "local to the client" in check_partial_update(
+        reference, leaked, [True, False]
+    )
+    bad = [np.ones(2, np.float32), np.empty(0, np.float32), np.ones(1)]
+    assert "3 layers" in check_partial_update(reference, bad, [True, False])
+    nan = [np.empty(0, np.float32), np.array([np.nan], np.float32)]
+    reason = check_partial_update(reference, nan, [False, True])
+    assert reason == "layer 1 contains NaN or Inf"

@@ -45,24 +45,56 @@ def test_config_hydra_default_equals_pyproject_defaults():
         assert defaults[key] == value, key
 
 
-@pytest.mark.parametrize(
-    "group",
-    ["dataset", "partition", "model", "strategy", "client"],
-)
+GROUPS = ["dataset", "partition", "model", "strategy", "client", "client/augmentation"]
+
+
+def group_options(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
 def test_config_every_hydra_option_maps_to_known_keys(group):
-    options = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
-    for option in options:
+    for option in group_options(group):
         flat = compose_flat([f"{group}={option}"])
         assert set(flat) <= set(default_run_config()), (group, option)
 
 
 def test_config_hydra_keys_cover_every_run_config_key():
     covered = set()
-    for group in ("dataset", "partition", "model"):
-        for option in (ROOT / "conf" / group).glob("*.yaml"):
-            covered |= set(compose_flat([f"{group}={option.stem}"]))
+    for group in GROUPS:
+        for option in group_options(group):
+            covered |= set(compose_flat([f"{group}={option}"]))
     missing = set(default_run_config()) - covered - {"output-dir"}
     assert not missing
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mode"),
+    [
+        (["strategy=apfl"], "apfl"),
+        (["strategy=fedper"], "fedper"),
+        (["strategy=apfl", "strategy.mode=fixed", "strategy.alpha=0.25"], "fixed"),
+    ],
+)
+def test_config_strategy_presets_parse(overrides, mode):
+    cfg = parse_run_config(compose_flat(overrides))
+    assert cfg.strategy == "personalized" and cfg.personalization.mode == mode
+    if mode == "fedper":
+        assert cfg.personalization.local_layers == ("classifier",)
+    else:
+        assert cfg.personalization.local_layers == ()
+    if mode == "fixed":
+        assert cfg.personalization.alpha == 0.25
+
+
+def test_config_model_layers_match_builders():
+    from fl_app.config import MODEL_LAYERS
+    from fl_app.models import BUILDERS
+
+    for name, builder in BUILDERS.items():
+        shape = (8, 8, 1) if name == "cnn" else (60,)
+        model = builder(shape, 10)
+        assert tuple(l.name for l in model.layers if l.weights) == MODEL_LAYERS[name]
 
 
 def test_config_experiment_synthetic_iid_is_valid():
@@ -93,6 +125,32 @@ def test_config_experiment_synthetic_iid_is_valid():
         ({"partition": "natural"}, ["'partition'", "natural"]),
         ({"no-such-key": 1}, ["unknown run config key", "no-such-key"]),
         ({"partition-alpha": float("nan")}, ["'partition-alpha'", "nan"]),
+        ({"strategy-alpha": 1.5}, ["'strategy-alpha'", "1.5", "0 <= value <= 1"]),
+        ({"strategy-mode": "ditto"}, ["'strategy-mode'", "'ditto'", "apfl"]),
+        (
+            {
+                "strategy": "personalized",
+                "strategy-mode": "fedper",
+                "strategy-local-layers": "head",
+            },
+            ["'strategy-local-layers'", "'head'", "conv1, conv2, fc1, classifier"],
+        ),
+        (
+            {
+                "strategy": "personalized",
+                "strategy-mode": "fedper",
+                "strategy-local-layers": "conv1,conv2,fc1,classifier",
+            },
+            ["'strategy-local-layers'", "proper subset"],
+        ),
+        (
+            {"client-augmentation-flip": "diagonal"},
+            ["'client-augmentation-flip'", "horizontal"],
+        ),
+        (
+            {"client-augmentation-zoom": 1.5},
+            ["'client-augmentation-zoom'", "0 <= value < 1"],
+        ),
     ],
 )
 def test_config_invalid_value_names_key_value_and_allowed(overrides, fragments):

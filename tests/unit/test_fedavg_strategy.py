@@ -152,3 +152,36 @@ def test_fedavg_some_failures_are_counted_not_fatal():
     )
     assert params is not None
     assert strategy.pop_round_record(1)["num_failures"] == 1
+
+
+def test_personalized_fedavg_averages_shared_keeps_local():
+    from strategies.personalized import PersonalizedFedAvg
+
+    # Prepare: kernel shared, bias local to clients (sent empty).
+    strategy = PersonalizedFedAvg(
+        local_mask=[False, True],
+        num_clients=3,
+        clients_per_round=3,
+        evaluate_clients_per_round=3,
+        initial_parameters=ndarrays_to_parameters(global_model()),
+    )
+    a = [np.full((2, 2), 1.0, np.float32), np.empty(0, np.float32)]
+    b = [np.full((2, 2), 3.0, np.float32), np.empty(0, np.float32)]
+    leak = [np.full((2, 2), 9.0, np.float32), np.ones(2, np.float32)]
+    results = [
+        (FakeProxy(1), fit_res(a, 1, 0)),
+        (FakeProxy(2), fit_res(b, 1, 1)),
+        (FakeProxy(3), fit_res(leak, 100, 2)),
+    ]
+    # Execute
+    params, metrics = strategy.aggregate_fit(1, results, [])
+    # Assert: kernel (1 + 3) / 2 = 2; the bias keeps its global zeros; the client
+    # that sent its local layer is rejected
+    kernel, bias = parameters_to_ndarrays(params)
+    np.testing.assert_array_equal(kernel, np.full((2, 2), 2.0))
+    np.testing.assert_array_equal(bias, np.zeros(2))
+    assert metrics["num_rejected"] == 1
+    # bytes up count what was really sent: the empty local arrays are smaller
+    record = strategy.pop_round_record(1)
+    sizes = {c["partition_id"]: c["bytes_up"] for c in record["clients"]}
+    assert sizes[0] == sizes[1] < sizes[2]
