@@ -116,13 +116,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, r in runs.items():
+        personalized = r["client_personalized_accuracy"] or float("nan")
         print(
             f"{name:24s} central {r['central_accuracy']:.4f}  "
             f"client global {r['client_global_accuracy']:.4f}  "
-            f"client personalized {r['client_personalized_accuracy'] or float('nan'):.4f}"
+            f"client personalized {personalized:.4f}"
         )
     print(
-        f"pathological: personalized {result['pathological_personalized_accuracy']:.4f}, "
+        "pathological: personalized "
+        f"{result['pathological_personalized_accuracy']:.4f}, "
         f"gain {result['pathological_gain_points']:.1f} points (FedPer "
         f"{result['pathological_fedper_gain_points']:.1f}); dirichlet gain "
         f"{result['dirichlet_gain_points']:.1f} points -> {args.out}"

@@ -20,7 +20,13 @@ from fl_app.personalization import (
     strip_local,
     weight_alphas,
 )
-from fl_app.training import ModelKey, evaluate_model, get_compiled_model, train_local
+from fl_app.training import (
+    ModelKey,
+    configure_tensorflow,
+    evaluate_model,
+    get_compiled_model,
+    train_local,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ class KerasClient(NumPyClient):
     def __init__(
         self, cfg: RunConfig, partition_id: int, state: RecordDict | None = None
     ) -> None:
+        configure_tensorflow()  # before any TensorFlow op of this process
         data = load_federated_data(cfg)
         self.cfg = cfg
         self.partition_id = partition_id

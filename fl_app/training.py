@@ -39,8 +39,11 @@ def configure_tensorflow() -> None:
     tf.config.experimental.enable_op_determinism()
     threads = os.environ.get("OMP_NUM_THREADS", "")
     if threads.isdigit() and int(threads) > 0:
-        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+        except RuntimeError as err:  # TensorFlow ran an op before this call
+            log.warning("could not size TensorFlow's thread pools: %s", err)
 
 
 def make_optimizer(cfg: ClientConfig) -> keras.optimizers.Optimizer:

@@ -118,3 +118,33 @@ def test_hydra_sweep_one_run_per_job(tmp_path, no_leftover_processes):
         and "partition.alpha=0.3" in table[2]
         and "partition.alpha=1.0" in table[3]
     )
+
+
+def test_hydra_sweep_over_personal_alpha(tmp_path, no_leftover_processes):
+    sweep = tmp_path / "sweep"
+    result = run_entry(
+        [
+            "-m",
+            *TINY,
+            "num_rounds=2",
+            "partition=pathological",
+            "strategy=apfl",
+            "strategy.mode=fixed",
+            "strategy.alpha=0.25,1.0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summaries = [json.loads((sweep / j / "summary.json").read_text()) for j in "01"]
+    assert [s["run_config"]["strategy-alpha"] for s in summaries] == [0.25, 1.0]
+    for job, summary in zip("01", summaries):
+        rows = read_jsonl(sweep / job / "metrics.jsonl")
+        assert (
+            summary["final_personalized_accuracy"]
+            == rows[-1]["federated_personalized_accuracy"]
+        )
+        assert 0.0 <= summary["final_personalized_accuracy"] <= 1.0
+        # fixed alpha: every client reports the configured alpha, unchanged
+        alphas = {c["alpha"] for row in rows for c in row["clients"]}
+        assert alphas == {summary["run_config"]["strategy-alpha"]}

@@ -70,3 +70,20 @@ def test_image_augmentation_on_vectors_fails_clearly():
                 "client-augmentation-zoom": 0.1,
             }
         )
+
+
+def test_augmented_client_configures_tensorflow_before_first_op(monkeypatch):
+    # Ray sets OMP_NUM_THREADS for an actor; the client must size TensorFlow's pools
+    # before its augmentation layers run the first op (TensorFlow refuses after).
+    from fl_app.client import KerasClient
+    from fl_app.training import configure_tensorflow
+
+    calls = []
+    monkeypatch.setattr("fl_app.client.configure_tensorflow", lambda: calls.append(1))
+    cfg = parse_run_config({"client-augmentation": "light", "client-augmentation-zoom": 0.1})
+    KerasClient(cfg, 0)
+    assert calls == [1]
+    # Called after TensorFlow has run ops (as here), it warns instead of failing.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    configure_tensorflow.cache_clear()
+    configure_tensorflow()

@@ -94,7 +94,8 @@ def test_config_model_layers_match_builders():
     for name, builder in BUILDERS.items():
         shape = (8, 8, 1) if name == "cnn" else (60,)
         model = builder(shape, 10)
-        assert tuple(l.name for l in model.layers if l.weights) == MODEL_LAYERS[name]
+        named = tuple(layer.name for layer in model.layers if layer.weights)
+        assert named == MODEL_LAYERS[name]
 
 
 def test_config_experiment_synthetic_iid_is_valid():
