@@ -120,7 +120,7 @@ def test_hydra_sweep_one_run_per_job(tmp_path, no_leftover_processes):
     )
 
 
-def test_hydra_sweep_over_personal_alpha(tmp_path, no_leftover_processes):
+def test_hydra_sweep_over_personal_alpha_with_augmentation(tmp_path, no_leftover_processes):
     sweep = tmp_path / "sweep"
     result = run_entry(
         [
@@ -131,6 +131,7 @@ def test_hydra_sweep_over_personal_alpha(tmp_path, no_leftover_processes):
             "strategy=apfl",
             "strategy.mode=fixed",
             "strategy.alpha=0.25,1.0",
+            "client/augmentation=light",  # in Ray workers, where OMP_NUM_THREADS is set
             f"hydra.sweep.dir={sweep}",
         ],
         tmp_path,
@@ -148,3 +149,5 @@ def test_hydra_sweep_over_personal_alpha(tmp_path, no_leftover_processes):
         # fixed alpha: every client reports the configured alpha, unchanged
         alphas = {c["alpha"] for row in rows for c in row["clients"]}
         assert alphas == {summary["run_config"]["strategy-alpha"]}
+        assert summary["run_config"]["client-augmentation"] == "light"
+        assert summary["client_failures"] == 0
