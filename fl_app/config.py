@@ -179,7 +179,7 @@ FIELDS: dict[str, _Field] = {
     "strategy": _Field(str, "fedavg", choices=STRATEGIES),
     "strategy-mode": _Field(str, "apfl", choices=PERSONAL_MODES),
     "strategy-alpha": _Field(float, 0.5, "0 <= value <= 1", lambda v: 0 <= v <= 1),
-    "strategy-alpha-lr": _Field(float, 0.01, ">= 0", _non_negative),
+    "strategy-alpha-lr": _Field(float, 0.1, ">= 0", _non_negative),
     "strategy-local-layers": _Field(str, "classifier"),
     "output-dir": _Field(str, ""),
     "save-model": _Field(bool, True),
