@@ -63,8 +63,8 @@ def local_weight_mask(model: keras.Model, local_layers: Sequence[str]) -> list[b
 
 
 def weight_alphas(
-    cfg: PersonalizationConfig, mask: Sequence[bool], alpha: float
-) -> list[float]:
+    cfg: PersonalizationConfig, mask: Sequence[bool], alpha: float | tf.Variable
+) -> list[float | tf.Variable]:
     """Return each array's blending weight: 0/1 by layer for fedper, else ``alpha``."""
     if cfg.mode == "fedper":
         return [1.0 if local else 0.0 for local in mask]
@@ -154,11 +154,6 @@ class PersonalTrainer:
         )
         self._step = tf.function(self._train_step)
 
-    def _alphas(self) -> list[tf.Tensor | float]:
-        if self.cfg.mode == "fedper":
-            return [1.0 if local else 0.0 for local in self.mask]
-        return [self.alpha] * len(self.mask)
-
     def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         w_vars = self.global_model.weights
         v_vars = self.local_model.weights
@@ -168,7 +163,7 @@ class PersonalTrainer:
                 loss_w = self.loss_fn(y, self.global_model(x, training=True))
             grads = tape.gradient(loss_w, w_vars)
             self.w_optimizer.apply_gradients(zip(grads, w_vars, strict=True))
-        alphas = self._alphas()
+        alphas = weight_alphas(self.cfg, self.mask, self.alpha)
         for m, v, w, a in zip(m_vars, v_vars, w_vars, alphas, strict=True):
             m.assign(a * v + (1.0 - a) * w)
         with tf.GradientTape() as tape:
