@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import RecordDict
@@ -25,6 +26,7 @@ from fl_app.training import (
     configure_tensorflow,
     evaluate_model,
     get_compiled_model,
+    keras,
     train_local,
 )
 
@@ -77,10 +79,17 @@ class KerasClient(NumPyClient):
     state : RecordDict | None
         The node's persistent state (``context.state``); personalization keeps the
         client's local model and alpha there.
+    capacity : float
+        The width this client can train (heterogeneous slicing), reported to the
+        server through ``get_properties``.
     """
 
     def __init__(
-        self, cfg: RunConfig, partition_id: int, state: RecordDict | None = None
+        self,
+        cfg: RunConfig,
+        partition_id: int,
+        state: RecordDict | None = None,
+        capacity: float = 1.0,
     ) -> None:
         configure_tensorflow()  # before any TensorFlow op of this process
         data = load_federated_data(cfg)
@@ -88,12 +97,22 @@ class KerasClient(NumPyClient):
         self.partition_id = partition_id
         self.data = data.clients[partition_id]
         self.key = model_key(cfg, data.input_shape, data.num_classes)
+        self.capacity = capacity
         check_image_input(cfg.client.augmentation, data.input_shape)
         self.personal = (
             PersonalState(state if state is not None else RecordDict())
             if cfg.personalization is not None
             else None
         )
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        """Report this client's capacity and partition."""
+        return {"capacity": self.capacity, "partition_id": self.partition_id}
+
+    def _model(self, config: dict[str, Scalar]) -> keras.Model:
+        """Return the cached model at the width the server sliced (default: full)."""
+        width = float(config.get("width", self.key.width))
+        return get_compiled_model(replace(self.key, width=width), self.cfg.seed)
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """Return the weights of a freshly initialised model (seeded by the run)."""
@@ -110,9 +129,11 @@ class KerasClient(NumPyClient):
         )
         if self.personal is not None:
             return self._fit_personalized(parameters, rng, augment)
-        model = get_compiled_model(self.key, self.cfg.seed)
+        model = self._model(config)
         model.set_weights(parameters)
         metrics = train_local(model, self.data.train, self.cfg.client, rng, augment)
+        if "width" in config:
+            metrics["width"] = float(config["width"])
         return (
             model.get_weights(),
             len(self.data.train),
@@ -151,7 +172,7 @@ class KerasClient(NumPyClient):
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         """Evaluate the global and any personalized model on the validation rows."""
-        model = get_compiled_model(self.key, self.cfg.seed)
+        model = self._model(config)
         model.set_weights(parameters)
         loss, accuracy = evaluate_model(model, self.data.val)
         metrics: dict[str, Scalar] = {

@@ -21,7 +21,7 @@ DATASETS = ("digits", "synthetic", "mnist", "cifar10")
 HUB_DATASETS = ("mnist", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 MODELS = ("cnn", "mlp", "softmax")
-STRATEGIES = ("fedavg", "personalized")
+STRATEGIES = ("fedavg", "personalized", "hetero")
 PERSONAL_MODES = ("fixed", "apfl", "fedper")
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 # Named layers of each builder in fl_app/models.py (a unit test keeps them equal).
@@ -113,6 +113,23 @@ class PersonalizationConfig:
 
 
 @dataclass(frozen=True)
+class HeteroConfig:
+    """Heterogeneous width slicing (HeteroFL; FedRolex when ``rolling``).
+
+    ``capacities`` holds ``(width, share)`` pairs: the fraction ``share`` of the
+    clients trains the slice of width ``width`` (shares sum to 1).
+    """
+
+    capacities: tuple[tuple[float, float], ...]
+    rolling: bool
+
+    @property
+    def widths(self) -> list[float]:
+        """The configured widths, largest first."""
+        return sorted((w for w, _ in self.capacities), reverse=True)
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Local training on each client."""
 
@@ -137,6 +154,7 @@ class RunConfig:
     evaluate_clients_per_round: int
     strategy: str
     personalization: PersonalizationConfig | None
+    hetero: HeteroConfig | None
     output_dir: str
     save_model: bool
     dataset: DatasetConfig
@@ -181,6 +199,8 @@ FIELDS: dict[str, _Field] = {
     "strategy-alpha": _Field(float, 0.5, "0 <= value <= 1", lambda v: 0 <= v <= 1),
     "strategy-alpha-lr": _Field(float, 0.1, ">= 0", _non_negative),
     "strategy-local-layers": _Field(str, "classifier"),
+    "strategy-capacities": _Field(str, "1.0:1,0.5:1,0.25:1"),
+    "strategy-rolling": _Field(bool, False),
     "output-dir": _Field(str, ""),
     "save-model": _Field(bool, True),
     "dataset": _Field(str, "digits", choices=DATASETS),
@@ -354,6 +374,17 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
                 "a proper subset of the layers (something must be shared)",
             )
 
+    hetero = None
+    if v["strategy"] == "hetero":
+        hetero = HeteroConfig(
+            _parse_capacities(v["strategy-capacities"]), v["strategy-rolling"]
+        )
+        if v["model-width"] != 1.0:
+            raise _fail(
+                "model-width",
+                v["model-width"],
+                "1.0 with strategy=hetero (the capacities give the client widths)",
+            )
     return RunConfig(
         seed=v["seed"],
         num_rounds=v["num-rounds"],
@@ -369,6 +400,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
         )
         if personalized
         else None,
+        hetero=hetero,
         output_dir=v["output-dir"],
         save_model=v["save-model"],
         dataset=DatasetConfig(
@@ -398,6 +430,31 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             augmentation=augmentation,
         ),
     )
+
+
+def _parse_capacities(text: str) -> tuple[tuple[float, float], ...]:
+    """Parse ``"1.0:1,0.5:1"`` into ``((1.0, 0.5), (0.5, 0.5))`` (shares normalized)."""
+    allowed = (
+        "comma-separated width:share pairs, 0 < width <= 1, share > 0, distinct "
+        "widths (e.g. '1.0:0.3,0.5:0.4,0.25:0.3')"
+    )
+    pairs = []
+    try:
+        for item in text.split(","):
+            width, share = (float(part) for part in item.split(":"))
+            pairs.append((width, share))
+    except ValueError:
+        raise _fail("strategy-capacities", text, allowed) from None
+    widths = [w for w, _ in pairs]
+    if (
+        not pairs
+        or len(set(widths)) != len(widths)
+        or any(not (0 < w <= 1 and share > 0) for w, share in pairs)
+        or not all(math.isfinite(x) for pair in pairs for x in pair)
+    ):
+        raise _fail("strategy-capacities", text, allowed)
+    total = sum(share for _, share in pairs)
+    return tuple((w, share / total) for w, share in pairs)
 
 
 NON_APP_GROUPS = frozenset({"simulation", "hydra"})

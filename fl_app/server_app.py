@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,11 +26,13 @@ from flwr.serverapp import Grid, ServerApp
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client import model_key
 from fl_app.config import RunConfig, parse_run_config
-from fl_app.data import load_federated_data
+from fl_app.data import ArrayDataset, load_federated_data
 from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
-from fl_app.training import evaluate_model, get_compiled_model, keras
+from fl_app.slicing import model_layout, sizes_by_width
+from fl_app.training import ModelKey, evaluate_model, get_compiled_model, keras
 from strategies.fedavg import FedAvg
+from strategies.hetero_slicing import HeteroSlicingFedAvg, make_windows, slice_weights
 from strategies.personalized import PersonalizedFedAvg
 
 log = logging.getLogger(__name__)
@@ -108,10 +111,38 @@ def _log_to_console() -> None:
 
 def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
     """Return the configured strategy; personalization marks client-local arrays."""
+    if cfg.hetero is not None:
+        layout, full_sizes = model_layout(model)  # fails on layers it cannot slice
+        return HeteroSlicingFedAvg(
+            layout=layout,
+            full_sizes=full_sizes,
+            sizes_by_width=sizes_by_width(full_sizes, cfg.hetero.widths),
+            rolling=cfg.hetero.rolling,
+            **kwargs,
+        )
     if cfg.personalization is None:
         return FedAvg(**kwargs)
     mask = local_weight_mask(model, cfg.personalization.local_layers)
     return PersonalizedFedAvg(local_mask=mask, **kwargs)
+
+
+def accuracy_by_width(
+    cfg: RunConfig, key: ModelKey, weights: NDArrays, test: ArrayDataset
+) -> dict[str, float] | None:
+    """Central accuracy of the global model sliced to each configured width."""
+    if cfg.hetero is None:
+        return None
+    full_model = get_compiled_model(key, cfg.seed)
+    full_model.set_weights(weights)
+    layout, full_sizes = model_layout(full_model)
+    sizes = sizes_by_width(full_sizes, cfg.hetero.widths)
+    result = {}
+    for width in cfg.hetero.widths:
+        windows = make_windows(full_sizes, sizes[width])
+        model = get_compiled_model(replace(key, width=width), cfg.seed)
+        model.set_weights(slice_weights(weights, layout, full_sizes, windows))
+        result[str(width)] = evaluate_model(model, test)[1]
+    return result
 
 
 @app.main()
@@ -127,9 +158,8 @@ def main(grid: Grid, context: Context) -> None:
     tune_grid(grid)
 
     data = load_federated_data(cfg)
-    model = get_compiled_model(
-        model_key(cfg, data.input_shape, data.num_classes), cfg.seed
-    )
+    key = model_key(cfg, data.input_shape, data.num_classes)
+    model = get_compiled_model(key, cfg.seed)
     initial_weights = model.get_weights()
     central: dict[int, tuple[float, float]] = {}
 
@@ -177,6 +207,7 @@ def main(grid: Grid, context: Context) -> None:
         {
             "final_accuracy": central[final_round][1],
             "final_loss": central[final_round][0],
+            "accuracy_by_width": accuracy_by_width(cfg, key, final_weights, data.test),
             "initial_accuracy": central.get(0, (None, None))[1],
             # example-weighted mean over the clients' own held-out rows (last round)
             "final_personalized_accuracy": recorder.rows[-1].get(

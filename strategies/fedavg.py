@@ -148,14 +148,25 @@ class FedAvg(FlowerFedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Sample clients, send them the global model and count the bytes sent."""
+        """Sample clients, send each its model and count the bytes sent."""
         record = self._record(server_round)
         self._global = parameters_to_ndarrays(parameters)
-        instructions = super().configure_fit(server_round, parameters, client_manager)
+        instructions = []
+        for proxy, ins in super().configure_fit(
+            server_round, parameters, client_manager
+        ):
+            sent, extra = self.client_parameters(server_round, parameters, proxy)
+            instructions.append((proxy, FitIns(sent, {**ins.config, **extra})))
         record["bytes_down"] += sum(
             parameters_size(ins.parameters) for _, ins in instructions
         )
         return instructions
+
+    def client_parameters(
+        self, server_round: int, parameters: Parameters, proxy: ClientProxy
+    ) -> tuple[Parameters, dict[str, Scalar]]:
+        """Return what one client is sent (here the global model) and extra config."""
+        return parameters, {}
 
     def aggregate_fit(
         self,
@@ -177,7 +188,7 @@ class FedAvg(FlowerFedAvg):
                 f"round {server_round}: all {len(failures)} sampled clients failed to "
                 f"train; first error: {_describe(failures[0])}"
             )
-        accepted: list[tuple[NDArrays, int]] = []
+        accepted: list[tuple[int, NDArrays, int]] = []
         accepted_metrics: list[tuple[int, dict[str, Scalar]]] = []
         for proxy, res in sorted(results, key=_client_order):
             pid = res.metrics.get("partition_id")
@@ -189,7 +200,7 @@ class FedAvg(FlowerFedAvg):
                 num_examples=res.num_examples,
                 bytes_up=size,
             )
-            reason = self._rejection(res)
+            reason = self._rejection(proxy.node_id, res)
             if reason is not None:
                 record["num_rejected"] += 1
                 client["rejected"] = reason
@@ -201,7 +212,13 @@ class FedAvg(FlowerFedAvg):
                     reason,
                 )
                 continue
-            accepted.append((parameters_to_ndarrays(res.parameters), res.num_examples))
+            accepted.append(
+                (
+                    proxy.node_id,
+                    parameters_to_ndarrays(res.parameters),
+                    res.num_examples,
+                )
+            )
             accepted_metrics.append((res.num_examples, res.metrics))
 
         metrics: dict[str, Scalar] = {
@@ -221,22 +238,22 @@ class FedAvg(FlowerFedAvg):
         metrics.update(fit_metrics)
         return ndarrays_to_parameters(self._global), metrics
 
-    def _rejection(self, res: FitRes) -> str | None:
+    def _rejection(self, node_id: int, res: FitRes) -> str | None:
         if res.num_examples <= 0:
             return f"num_examples is {res.num_examples}"
         try:
             update = parameters_to_ndarrays(res.parameters)
         except Exception as err:  # a payload that does not deserialize
             return f"parameters do not deserialize: {err}"
-        return self.check_layers(update)
+        return self.check_layers(node_id, update)
 
-    def check_layers(self, update: NDArrays) -> str | None:
-        """Why ``update`` cannot be aggregated into the global model, or None."""
+    def check_layers(self, node_id: int, update: NDArrays) -> str | None:
+        """Return why node ``node_id``'s update cannot be aggregated, or None."""
         return check_update(self._global, update)
 
-    def aggregate_layers(self, accepted: list[tuple[NDArrays, int]]) -> NDArrays:
-        """Return the new global model from accepted ``(weights, examples)`` pairs."""
-        return aggregate_weighted(accepted)
+    def aggregate_layers(self, accepted: list[tuple[int, NDArrays, int]]) -> NDArrays:
+        """Return the new global model from accepted ``(node, weights, examples)``."""
+        return aggregate_weighted([(weights, n) for _, weights, n in accepted])
 
     def evaluate(
         self, server_round: int, parameters: Parameters
@@ -256,9 +273,12 @@ class FedAvg(FlowerFedAvg):
         """Sample clients for federated evaluation and count the bytes sent."""
         if self.evaluate_clients_per_round == 0:
             return []
-        instructions = super().configure_evaluate(
+        instructions = []
+        for proxy, ins in super().configure_evaluate(
             server_round, parameters, client_manager
-        )
+        ):
+            sent, extra = self.client_parameters(server_round, parameters, proxy)
+            instructions.append((proxy, EvaluateIns(sent, {**ins.config, **extra})))
         self._record(server_round)["bytes_down"] += sum(
             parameters_size(ins.parameters) for _, ins in instructions
         )

@@ -44,10 +44,12 @@ class PersonalizedFedAvg(FedAvg):
             f"PersonalizedFedAvg(shared {sum(self.shared)}/{len(self.shared)} arrays)"
         )
 
-    def check_layers(self, update: NDArrays) -> str | None:
+    def check_layers(self, node_id: int, update: NDArrays) -> str | None:
         """Shared layers must match the global model; local ones must be empty."""
         return check_partial_update(self.global_parameters, update, self.shared)
 
-    def aggregate_layers(self, accepted: list[tuple[NDArrays, int]]) -> NDArrays:
+    def aggregate_layers(self, accepted: list[tuple[int, NDArrays, int]]) -> NDArrays:
         """Average the shared layers; local layers keep their global value."""
-        return aggregate_partial(self.global_parameters, accepted, self.shared)
+        return aggregate_partial(
+            self.global_parameters, [(w, n) for _, w, n in accepted], self.shared
+        )

@@ -120,7 +120,9 @@ def test_hydra_sweep_one_run_per_job(tmp_path, no_leftover_processes):
     )
 
 
-def test_hydra_sweep_over_personal_alpha_with_augmentation(tmp_path, no_leftover_processes):
+def test_hydra_sweep_over_personal_alpha_with_augmentation(
+    tmp_path, no_leftover_processes
+):
     sweep = tmp_path / "sweep"
     result = run_entry(
         [

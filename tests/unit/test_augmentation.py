@@ -80,7 +80,9 @@ def test_augmented_client_configures_tensorflow_before_first_op(monkeypatch):
 
     calls = []
     monkeypatch.setattr("fl_app.client.configure_tensorflow", lambda: calls.append(1))
-    cfg = parse_run_config({"client-augmentation": "light", "client-augmentation-zoom": 0.1})
+    cfg = parse_run_config(
+        {"client-augmentation": "light", "client-augmentation-zoom": 0.1}
+    )
     KerasClient(cfg, 0)
     assert calls == [1]
     # Called after TensorFlow has run ops (as here), it warns instead of failing.
