@@ -75,3 +75,17 @@ def test_check_partition_mismatch_is_clear():
         check_partition(CFG, 0, 2)
     with pytest.raises(ConfigError, match="partition-id=4"):
         check_partition(CFG, 4, 4)
+
+
+def test_client_trains_the_width_it_is_sent():
+    from fl_app.config import ModelConfig
+    from fl_app.models import build_model
+
+    client = KerasClient(CFG, 0, capacity=0.5)
+    assert client.get_properties({})["capacity"] == 0.5
+    narrow = build_model(ModelConfig("cnn", 0.5), (8, 8, 1), 10).get_weights()
+    new, _, metrics = client.fit(narrow, {"server_round": 1, "width": 0.5})
+    assert [w.shape for w in new] == [w.shape for w in narrow]
+    assert metrics["width"] == 0.5
+    _, _, eval_metrics = client.evaluate(new, {"width": 0.5})
+    assert 0 <= eval_metrics["accuracy"] <= 1
