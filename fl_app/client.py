@@ -112,7 +112,9 @@ class KerasClient(NumPyClient):
     def _model(self, config: dict[str, Scalar]) -> keras.Model:
         """Return the cached model at the width the server sliced (default: full)."""
         width = float(config.get("width", self.key.width))
-        return get_compiled_model(replace(self.key, width=width), self.cfg.seed)
+        scaler = self.cfg.hetero is not None and self.cfg.hetero.scaler
+        key = replace(self.key, width=width, scaler=scaler)
+        return get_compiled_model(key, self.cfg.seed)
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """Return the weights of a freshly initialised model (seeded by the run)."""

@@ -122,6 +122,7 @@ class HeteroConfig:
 
     capacities: tuple[tuple[float, float], ...]
     rolling: bool
+    scaler: bool  # HeteroFL's training-time 1/width scaler on narrow clients
 
     @property
     def widths(self) -> list[float]:
@@ -201,6 +202,7 @@ FIELDS: dict[str, _Field] = {
     "strategy-local-layers": _Field(str, "classifier"),
     "strategy-capacities": _Field(str, "1.0:1,0.5:1,0.25:1"),
     "strategy-rolling": _Field(bool, False),
+    "strategy-scaler": _Field(bool, True),
     "output-dir": _Field(str, ""),
     "save-model": _Field(bool, True),
     "dataset": _Field(str, "digits", choices=DATASETS),
@@ -377,7 +379,9 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
     hetero = None
     if v["strategy"] == "hetero":
         hetero = HeteroConfig(
-            _parse_capacities(v["strategy-capacities"]), v["strategy-rolling"]
+            _parse_capacities(v["strategy-capacities"]),
+            v["strategy-rolling"],
+            v["strategy-scaler"],
         )
         if v["model-width"] != 1.0:
             raise _fail(

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.config import HeteroConfig
-from fl_app.models import scale_units
+from fl_app.models import Scaler, scale_units
 from strategies.hetero_slicing import AxisMap
 
 keras = tf.keras
@@ -26,6 +26,7 @@ PASS_THROUGH = (
     keras.layers.Dropout,
     keras.layers.Activation,
     keras.layers.ReLU,
+    Scaler,
 )
 
 
@@ -84,7 +85,7 @@ def sizes_by_width(
 def assign_capacities(cfg: HeteroConfig, num_clients: int, seed: int) -> list[float]:
     """Give each partition a capacity: shares by largest remainder, seeded shuffle.
 
-    >>> assign_capacities(HeteroConfig(((1.0, 0.5), (0.5, 0.5)), False), 4, 0)
+    >>> assign_capacities(HeteroConfig(((1.0, 0.5), (0.5, 0.5)), False, True), 4, 0)
     [0.5, 1.0, 1.0, 0.5]
     """
     shares = np.array([share for _, share in cfg.capacities]) * num_clients

@@ -62,6 +62,7 @@ class ModelKey:
     input_shape: tuple[int, ...]
     num_classes: int
     width: float
+    scaler: bool = False  # HeteroFL's training-time scaler (narrow hetero clients)
 
 
 _MODEL_CACHE: dict[ModelKey, keras.Model] = {}
@@ -81,7 +82,9 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
         if not key.client.model_cache:
             keras.backend.clear_session()
         keras.utils.set_random_seed(seed)
-        model = build_model(key.model, key.input_shape, key.num_classes, key.width)
+        model = build_model(
+            key.model, key.input_shape, key.num_classes, key.width, key.scaler
+        )
         model.compile(
             optimizer=make_optimizer(key.client),
             loss="sparse_categorical_crossentropy",

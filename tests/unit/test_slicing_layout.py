@@ -49,7 +49,7 @@ def test_layer_the_slicer_cannot_handle_is_named():
 
 
 def test_assign_capacities_equal_shares_deterministic():
-    cfg = HeteroConfig(((1.0, 1 / 3), (0.5, 1 / 3), (0.25, 1 / 3)), False)
+    cfg = HeteroConfig(((1.0, 1 / 3), (0.5, 1 / 3), (0.25, 1 / 3)), False, True)
     a = assign_capacities(cfg, 10, seed=1)
     assert a == assign_capacities(cfg, 10, seed=1)
     assert sorted(a).count(1.0) + sorted(a).count(0.5) + sorted(a).count(0.25) == 10

@@ -1,0 +1,112 @@
+"""Heterogeneous width slicing vs full-width FedAvg and vs every client at the smallest width.
+
+One invocation runs, each through Flower's simulation runtime (digits, Dirichlet 0.5,
+10 clients, CNN, 20 rounds, every client every round):
+
+- ``full``: FedAvg, every client at width 1;
+- ``hetero``: HeteroFL, capacities {1, 1/2, 1/4} in equal shares (with the scaler);
+- ``hetero_no_scaler``: the same without HeteroFL's training-time scaler;
+- ``fedrolex``: the same capacities with rolling windows;
+- ``smallest_only``: every client at width 1/4 (the global model evaluated at 1/4).
+
+    uv run python benchmarks/bench_heterogeneous.py --out heterogeneous.json
+
+FILE keys: ``accuracy_ratio_vs_full`` (hetero full-width central accuracy / full
+FedAvg's), ``accuracy_ratio_vs_smallest_only`` (hetero / smallest-only at width 1/4),
+``bytes_per_round_by_width`` (bytes one client uploads per round at each width; the
+download is the same slice), and every run's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fl_app.launcher import run_simulation  # noqa: E402
+from fl_app.results import read_rows  # noqa: E402
+
+EQUAL = "1.0:1,0.5:1,0.25:1"
+RUNS = {
+    "full": {"strategy": "fedavg"},
+    "hetero": {"strategy": "hetero", "strategy-capacities": EQUAL},
+    "hetero_no_scaler": {
+        "strategy": "hetero",
+        "strategy-capacities": EQUAL,
+        "strategy-scaler": False,
+    },
+    "fedrolex": {
+        "strategy": "hetero",
+        "strategy-capacities": EQUAL,
+        "strategy-rolling": True,
+    },
+    "smallest_only": {"strategy": "hetero", "strategy-capacities": "0.25:1"},
+}
+
+
+def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
+    config = {"num-rounds": rounds, "save-model": False, **overrides}
+    outcome = run_simulation(
+        config,
+        output_dir=workdir / name,
+        num_supernodes=10,
+        echo=lambda line: print(f"[{name}] {line}") if "fl-dnn:" in line else None,
+    )
+    rows = read_rows(outcome.output_dir)
+    by_width: dict[str, list[int]] = {}
+    for row in rows:
+        for client in row["clients"]:
+            width = str(client.get("width", 1.0))
+            by_width.setdefault(width, []).append(client["bytes_up"])
+    return {
+        "config": overrides,
+        "central_accuracy": outcome.summary["final_accuracy"],
+        "accuracy_by_width": outcome.summary.get("accuracy_by_width"),
+        "bytes_up_per_client_round_by_width": {
+            w: statistics.mean(v) for w, v in sorted(by_width.items())
+        },
+        "bytes_up_total": outcome.summary["bytes_up"],
+        "bytes_down_total": outcome.summary["bytes_down"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
+        runs = {
+            name: run(name, cfg, args.rounds, Path(tmp)) for name, cfg in RUNS.items()
+        }
+    hetero = runs["hetero"]["central_accuracy"]
+    smallest = runs["smallest_only"]["accuracy_by_width"]["0.25"]
+    result = {
+        "accuracy_ratio_vs_full": hetero / runs["full"]["central_accuracy"],
+        "accuracy_ratio_vs_smallest_only": hetero / smallest,
+        "bytes_per_round_by_width": runs["hetero"][
+            "bytes_up_per_client_round_by_width"
+        ],
+        "rounds": args.rounds,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, r in runs.items():
+        print(
+            f"{name:18s} central {r['central_accuracy']:.4f}  by width {r['accuracy_by_width']}"
+        )
+    print(
+        f"accuracy_ratio_vs_full {result['accuracy_ratio_vs_full']:.3f}  "
+        f"accuracy_ratio_vs_smallest_only {result['accuracy_ratio_vs_smallest_only']:.3f}"
+        f"  bytes/round by width {result['bytes_per_round_by_width']} -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
