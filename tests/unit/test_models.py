@@ -52,3 +52,26 @@ def test_scale_units_bounds():
     assert scale_units(3, 0.1) == 1
     with pytest.raises(ValueError, match="width multiplier"):
         scale_units(10, 0.0)
+
+
+def test_scaler_divides_by_width_in_training_only():
+    model = build_model(ModelConfig("mlp", 0.5), (6,), 3, scaler=True)
+    assert [layer.name for layer in model.layers if "scaler" in layer.name] == [
+        "fc1_scaler",
+        "fc2_scaler",
+    ]
+    x = np.random.default_rng(0).random((2, 6)).astype(np.float32)
+    from fl_app.training import keras
+
+    fc1 = keras.Model(model.input, model.get_layer("fc1").output)
+    scaled = keras.Model(model.input, model.get_layer("fc1_scaler").output)
+    np.testing.assert_allclose(scaled(x, training=True), fc1(x) / 0.5, rtol=1e-6)
+    np.testing.assert_allclose(scaled(x, training=False), fc1(x), rtol=1e-6)
+    # the scaler has no weights: the same arrays as the plain narrow model
+    plain = build_model(ModelConfig("mlp", 0.5), (6,), 3)
+    assert [w.shape for w in model.get_weights()] == [
+        w.shape for w in plain.get_weights()
+    ]
+    # and a full-width model never gets one
+    full = build_model(ModelConfig("mlp", 1.0), (6,), 3, scaler=True)
+    assert not any("scaler" in layer.name for layer in full.layers)
