@@ -174,3 +174,12 @@ def test_flatten_nested_rule():
         }
     )
     assert flat == {"num-rounds": 3, "partition": "iid", "partition-min-size": 5}
+
+
+def test_config_hetero_capacities_override_with_quotes():
+    flat = compose_flat(
+        ["strategy=fedrolex", 'strategy.capacities="1.0:0.3,0.5:0.4,0.25:0.3"']
+    )
+    cfg = parse_run_config(flat)
+    assert cfg.hetero.rolling and cfg.hetero.scaler
+    assert cfg.hetero.capacities == ((1.0, 0.3), (0.5, 0.4), (0.25, 0.3))
