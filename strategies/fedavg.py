@@ -122,6 +122,19 @@ class FedAvg(FlowerFedAvg):
             key, {"partition_id": pid}
         )
 
+    @staticmethod
+    def _count_failures(
+        record: dict[str, Any], failures: list[Any], action: str
+    ) -> None:
+        record["num_failures"] += len(failures)
+        for failure in failures:
+            log.warning(
+                "round %d: a client failed to %s: %s",
+                record["round"],
+                action,
+                _describe(failure),
+            )
+
     def pop_round_record(self, server_round: int) -> dict[str, Any]:
         """Return and forget the record of a finished round.
 
@@ -176,13 +189,7 @@ class FedAvg(FlowerFedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Validate each update, then average the accepted ones weighted by examples."""
         record = self._record(server_round)
-        record["num_failures"] += len(failures)
-        for failure in failures:
-            log.warning(
-                "round %d: a client failed to train: %s",
-                server_round,
-                _describe(failure),
-            )
+        self._count_failures(record, failures, "train")
         if failures and not results:
             raise RuntimeError(
                 f"round {server_round}: all {len(failures)} sampled clients failed to "
@@ -292,13 +299,7 @@ class FedAvg(FlowerFedAvg):
     ) -> tuple[float | None, dict[str, Scalar]]:
         """Average client evaluation loss and metrics weighted by examples."""
         record = self._record(server_round)
-        record["num_failures"] += len(failures)
-        for failure in failures:
-            log.warning(
-                "round %d: a client failed to evaluate: %s",
-                server_round,
-                _describe(failure),
-            )
+        self._count_failures(record, failures, "evaluate")
         ordered = sorted(results, key=_client_order)
         for proxy, res in ordered:
             client = self._client_record(
