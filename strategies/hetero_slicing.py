@@ -190,9 +190,9 @@ class HeteroSlicingFedAvg(FedAvg):
         self.rolling = rolling
         self.capacities: dict[int, float] = {}
         self._sent: dict[int, dict[str, np.ndarray]] = {}
-        slice_indices(
-            self.global_parameters, layout, self.full_sizes, self._windows(1.0, 0)
-        )
+        # Fail now, not in round 1, if the layout does not fit the model.
+        full_windows = make_windows(self.full_sizes, self.full_sizes)
+        slice_indices(self.global_parameters, layout, self.full_sizes, full_windows)
 
     def __repr__(self) -> str:
         mode = "FedRolex" if self.rolling else "HeteroFL"

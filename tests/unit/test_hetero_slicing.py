@@ -205,3 +205,43 @@ def test_strategy_unknown_capacity_is_clear():
             ndarrays_to_parameters(mlp()),
             FakeManager([FakeProxy(1, 0.3), FakeProxy(2, 1.0)]),
         )
+
+
+def test_strategy_without_full_width_clients():
+    # every client narrow (no 1.0 in the capacities): the full model still aggregates
+    strategy = HeteroSlicingFedAvg(
+        layout=LAYOUT,
+        full_sizes=FULL,
+        sizes_by_width={0.5: {"h": 2}},
+        num_clients=1,
+        clients_per_round=1,
+        evaluate_clients_per_round=0,
+        initial_parameters=ndarrays_to_parameters(mlp()),
+    )
+    proxy = FakeProxy(1, 0.5)
+    (ins,) = [
+        i
+        for _, i in strategy.configure_fit(
+            1, ndarrays_to_parameters(mlp()), FakeManager([proxy])
+        )
+    ]
+    sub = parameters_to_ndarrays(ins.parameters)
+    res = FitRes(
+        OK, ndarrays_to_parameters([a + 1 for a in sub]), 2, {"partition_id": 0}
+    )
+    params, _ = strategy.aggregate_fit(1, [(proxy, res)], [])
+    _, bias, _ = parameters_to_ndarrays(params)
+    np.testing.assert_array_equal(bias, [11, 12, 12, 13])
+
+
+def test_strategy_layout_mismatch_fails_at_construction():
+    with pytest.raises(ValueError, match="cannot be 1 x 5 units"):
+        HeteroSlicingFedAvg(
+            layout=LAYOUT,
+            full_sizes={"h": 5},
+            sizes_by_width={1.0: {"h": 5}},
+            num_clients=1,
+            clients_per_round=1,
+            evaluate_clients_per_round=0,
+            initial_parameters=ndarrays_to_parameters(mlp()),
+        )
