@@ -57,7 +57,7 @@ def no_leftover_processes():
 def run_entry(args, tmp_path, env=None, timeout=600):
     """Run run_simulation.py with Hydra's output under tmp_path."""
     command = [sys.executable, str(ROOT / "run_simulation.py"), *args]
-    if not any(a.startswith("-m") for a in args):
+    if not any(a.startswith(("-m", "hydra.run.dir=")) for a in args):
         command.append(f"hydra.run.dir={tmp_path / 'run'}")
     return subprocess.run(
         command,

@@ -45,6 +45,19 @@ def test_run_simulation_two_clients_two_rounds(tmp_path, no_leftover_processes):
     assert "round 2/2" in result.stdout  # per-round progress is shown
 
 
+def test_same_seed_same_metrics_run_after_run(tmp_path, no_leftover_processes):
+    runs = []
+    for name in ("a", "b"):
+        result = run_entry(
+            [*TINY, "num_rounds=2", f"hydra.run.dir={tmp_path / name}"], tmp_path
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        runs.append(read_jsonl(tmp_path / name / "metrics.jsonl"))
+    keys = ("central_loss", "central_accuracy", "train_loss", "federated_loss")
+    first, second = ([[row[k] for k in keys] for row in rows] for rows in runs)
+    assert first == second  # exactly equal, not approximately
+
+
 def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_processes):
     out = tmp_path / "flwr"
     with LocalSuperLink() as link:
