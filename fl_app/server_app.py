@@ -127,20 +127,18 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
 
 
 def accuracy_by_width(
-    cfg: RunConfig, key: ModelKey, weights: NDArrays, test: ArrayDataset
+    strategy: FedAvg, key: ModelKey, weights: NDArrays, test: ArrayDataset, seed: int
 ) -> dict[str, float] | None:
-    """Central accuracy of the global model sliced to each configured width."""
-    if cfg.hetero is None:
+    """Central accuracy of the global model sliced to each width the strategy serves."""
+    if not isinstance(strategy, HeteroSlicingFedAvg):
         return None
-    full_model = get_compiled_model(key, cfg.seed)
-    full_model.set_weights(weights)
-    layout, full_sizes = model_layout(full_model)
-    sizes = sizes_by_width(full_sizes, cfg.hetero.widths)
     result = {}
-    for width in cfg.hetero.widths:
-        windows = make_windows(full_sizes, sizes[width])
-        model = get_compiled_model(replace(key, width=width), cfg.seed)
-        model.set_weights(slice_weights(weights, layout, full_sizes, windows))
+    for width, sizes in sorted(strategy.sizes_by_width.items(), reverse=True):
+        windows = make_windows(strategy.full_sizes, sizes)
+        model = get_compiled_model(replace(key, width=width), seed)
+        model.set_weights(
+            slice_weights(weights, strategy.layout, strategy.full_sizes, windows)
+        )
         result[str(width)] = evaluate_model(model, test)[1]
     return result
 
@@ -207,7 +205,9 @@ def main(grid: Grid, context: Context) -> None:
         {
             "final_accuracy": central[final_round][1],
             "final_loss": central[final_round][0],
-            "accuracy_by_width": accuracy_by_width(cfg, key, final_weights, data.test),
+            "accuracy_by_width": accuracy_by_width(
+                strategy, key, final_weights, data.test, cfg.seed
+            ),
             "initial_accuracy": central.get(0, (None, None))[1],
             # example-weighted mean over the clients' own held-out rows (last round)
             "final_personalized_accuracy": recorder.rows[-1].get(
