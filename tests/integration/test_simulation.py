@@ -166,3 +166,19 @@ def test_hydra_sweep_over_personal_alpha_with_augmentation(
         assert alphas == {summary["run_config"]["strategy-alpha"]}
         assert summary["run_config"]["client-augmentation"] == "light"
         assert summary["client_failures"] == 0
+
+
+def test_hetero_slicing_end_to_end(tmp_path, no_leftover_processes):
+    result = run_entry(
+        [*TINY, "num_rounds=1", "strategy=hetero", 'strategy.capacities="1.0:1,0.5:1"'],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["accuracy_by_width"]) == {"1.0", "0.5"}
+    assert summary["accuracy_by_width"]["1.0"] == summary["final_accuracy"]
+    (row,) = read_jsonl(out / "metrics.jsonl")
+    sizes = {c["width"]: c["bytes_up"] for c in row["clients"]}
+    assert set(sizes) == {1.0, 0.5} and sizes[0.5] < sizes[1.0]
+    assert row["num_rejected"] == 0 and summary["bytes_up"] == sum(sizes.values())
