@@ -142,6 +142,9 @@ class ClientConfig:
     # quickstart-tensorflow client does; kept for comparison benchmarks.
     model_cache: bool
     augmentation: AugmentationConfig
+    # HeteroFL's masking trick: the training loss is the cross-entropy of the softmax
+    # restricted to the classes present in the client's data.
+    label_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ FIELDS: dict[str, _Field] = {
     "client-learning-rate": _Field(float, 0.005, "> 0", _positive),
     "client-optimizer": _Field(str, "adam", choices=OPTIMIZERS),
     "client-model-cache": _Field(bool, True),
+    "client-label-mask": _Field(bool, False),
     "client-augmentation": _Field(str, "none"),
     "client-augmentation-rotation": _Field(
         float, 0.0, "0 <= value < 1", lambda v: 0 <= v < 1
@@ -432,6 +436,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             optimizer=v["client-optimizer"],
             model_cache=v["client-model-cache"],
             augmentation=augmentation,
+            label_mask=v["client-label-mask"],
         ),
     )
 

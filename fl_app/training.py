@@ -68,6 +68,57 @@ class ModelKey:
 _MODEL_CACHE: dict[ModelKey, keras.Model] = {}
 
 
+class LabelMaskedLoss:
+    """Cross-entropy of the softmax restricted to the classes in ``mask``.
+
+    HeteroFL's masking trick for non-IID labels (Diao et al., 2021): a client scores
+    only the classes its data holds, so it does not push the other classes' outputs
+    down. The mask is a variable the training step reads;
+    :func:`train_local` sets it per client and restores all ones afterwards, so
+    evaluation scores every class.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.mask = tf.Variable(
+            tf.ones(num_classes), trainable=False, name="label_mask"
+        )
+        self.__name__ = "label_masked_crossentropy"
+
+    def __call__(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """Return the per-example masked cross-entropy.
+
+        Works on the classifier's logits (the input of its softmax, as Keras' own
+        cross-entropy does), with absent classes' logits replaced by a constant, so
+        their weights get exactly zero gradient; renormalizing the probabilities
+        instead leaves float rounding noise that Adam would turn into full steps.
+        """
+        logits = _softmax_logits(y_pred)
+        masked = tf.where(self.mask > 0, logits, tf.constant(-1e9, logits.dtype))
+        return keras.losses.sparse_categorical_crossentropy(
+            y_true, masked, from_logits=True
+        )
+
+    def set_classes(self, labels: np.ndarray | None) -> None:
+        """Keep the classes in ``labels`` (``None``: every class)."""
+        if labels is None:
+            self.mask.assign(tf.ones_like(self.mask))
+            return
+        present = np.zeros(self.mask.shape, np.float32)
+        present[np.unique(labels)] = 1.0
+        self.mask.assign(present)
+
+
+def _softmax_logits(probs: tf.Tensor) -> tf.Tensor:
+    """Return the logits a softmax output was computed from (log-probs if unknown)."""
+    logits = getattr(probs, "_keras_logits", None)
+    if logits is not None:
+        return logits
+    if not tf.executing_eagerly() and getattr(probs, "op", None) is not None:
+        if probs.op.type == "Softmax":
+            return probs.op.inputs[0]
+    return tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
+
+
 def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
     """Return this process's compiled model for ``key``, building it on first use.
 
@@ -85,9 +136,14 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
         model = build_model(
             key.model, key.input_shape, key.num_classes, key.width, key.scaler
         )
+        loss = (
+            LabelMaskedLoss(key.num_classes)
+            if key.client.label_mask
+            else "sparse_categorical_crossentropy"
+        )
         model.compile(
             optimizer=make_optimizer(key.client),
-            loss="sparse_categorical_crossentropy",
+            loss=loss,
             metrics=["accuracy"],
         )
         if key.client.model_cache:
@@ -118,15 +174,23 @@ def train_local(
     """Train ``model`` in place on ``data`` for ``cfg.local_epochs`` epochs.
 
     Each epoch visits the rows in an order drawn from ``rng``; ``augment``, if given,
-    transforms each training batch. Returns the loss and accuracy of the last epoch.
+    transforms each training batch. With ``cfg.label_mask`` the loss covers only the
+    classes in ``data``. Returns the loss and accuracy of the last epoch.
     """
     reset_optimizer(model.optimizer)
+    masked = isinstance(model.loss, LabelMaskedLoss)
+    if masked:
+        model.loss.set_classes(data.y)
     logs: dict[str, float] = {}
-    for _ in range(cfg.local_epochs):
-        order = rng.permutation(len(data))
-        logs = _run_batches(
-            model.train_on_batch, model, data.take(order), cfg.batch_size, augment
-        )
+    try:
+        for _ in range(cfg.local_epochs):
+            order = rng.permutation(len(data))
+            logs = _run_batches(
+                model.train_on_batch, model, data.take(order), cfg.batch_size, augment
+            )
+    finally:
+        if masked:
+            model.loss.set_classes(None)
     return {"train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
 
 
