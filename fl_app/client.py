@@ -6,11 +6,12 @@ import logging
 from dataclasses import replace
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
 from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
+from fl_app.compression import ClientCodecs
 from fl_app.config import ConfigError, RunConfig
 from fl_app.data import load_federated_data
 from fl_app.personalization import (
@@ -26,11 +27,14 @@ from fl_app.training import (
     configure_tensorflow,
     evaluate_model,
     get_compiled_model,
+    get_model_weights,
     keras,
+    set_model_weights,
     train_local,
 )
 
 log = logging.getLogger(__name__)
+STATE_RESIDUAL = "compression-residual"
 
 
 def model_key(
@@ -43,6 +47,7 @@ def model_key(
         input_shape=input_shape,
         num_classes=num_classes,
         width=cfg.model.width,
+        pruning=cfg.pruning is not None,
     )
 
 
@@ -99,9 +104,16 @@ class KerasClient(NumPyClient):
         self.key = model_key(cfg, data.input_shape, data.num_classes)
         self.capacity = capacity
         check_image_input(cfg.client.augmentation, data.input_shape)
+        self.state = state if state is not None else RecordDict()
         self.personal = (
-            PersonalState(state if state is not None else RecordDict())
-            if cfg.personalization is not None
+            PersonalState(self.state) if cfg.personalization is not None else None
+        )
+        comp = cfg.compression
+        self.codecs = (
+            ClientCodecs.from_specs(
+                comp.upload, comp.download, comp.delta, comp.error_feedback, comp.topk
+            )
+            if comp.active
             else None
         )
 
@@ -109,16 +121,43 @@ class KerasClient(NumPyClient):
         """Report this client's capacity and partition."""
         return {"capacity": self.capacity, "partition_id": self.partition_id}
 
-    def _model(self, config: dict[str, Scalar]) -> keras.Model:
+    def _model(self, config: dict[str, Scalar]) -> tuple[keras.Model, ModelKey]:
         """Return the cached model at the width the server sliced (default: full)."""
         width = float(config.get("width", self.key.width))
         scaler = self.cfg.hetero is not None and self.cfg.hetero.scaler
         key = replace(self.key, width=width, scaler=scaler)
-        return get_compiled_model(key, self.cfg.seed)
+        return get_compiled_model(key, self.cfg.seed), key
+
+    def _load(
+        self, model: keras.Model, key: ModelKey, parameters: NDArrays
+    ) -> NDArrays:
+        """Decode what the server sent (if coded), set it into ``model``, return it."""
+        if self.codecs is not None:
+            shapes = [w.shape for w in get_model_weights(model, key)]
+            parameters = self.codecs.decode_download(parameters, shapes)
+        set_model_weights(model, key, parameters)
+        return parameters
+
+    def _upload(self, weights: NDArrays, received: NDArrays) -> NDArrays:
+        """Encode the trained weights for upload (delta, error feedback, codec)."""
+        if self.codecs is None:
+            return weights
+        keep = None
+        if self.cfg.pruning is not None:  # stay inside the server's mask
+            keep = [w != 0 if w.ndim >= 2 else None for w in received]
+        residual = None
+        if STATE_RESIDUAL in self.state.array_records:
+            residual = self.state.array_records[STATE_RESIDUAL].to_numpy_ndarrays()
+        payload, residual = self.codecs.encode_upload(weights, received, residual, keep)
+        if residual is not None:
+            self.state.array_records[STATE_RESIDUAL] = ArrayRecord(
+                numpy_ndarrays=residual
+            )
+        return payload
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """Return the weights of a freshly initialised model (seeded by the run)."""
-        return get_compiled_model(self.key, self.cfg.seed).get_weights()
+        return get_model_weights(get_compiled_model(self.key, self.cfg.seed), self.key)
 
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -131,13 +170,13 @@ class KerasClient(NumPyClient):
         )
         if self.personal is not None:
             return self._fit_personalized(parameters, rng, augment)
-        model = self._model(config)
-        model.set_weights(parameters)
+        model, key = self._model(config)
+        received = self._load(model, key, parameters)
         metrics = train_local(model, self.data.train, self.cfg.client, rng, augment)
         if "width" in config:
             metrics["width"] = float(config["width"])
         return (
-            model.get_weights(),
+            self._upload(get_model_weights(model, key), received),
             len(self.data.train),
             {"partition_id": self.partition_id, **metrics},
         )
@@ -174,8 +213,8 @@ class KerasClient(NumPyClient):
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         """Evaluate the global and any personalized model on the validation rows."""
-        model = self._model(config)
-        model.set_weights(parameters)
+        model, key = self._model(config)
+        parameters = self._load(model, key, parameters)
         loss, accuracy = evaluate_model(model, self.data.val)
         metrics: dict[str, Scalar] = {
             "accuracy": accuracy,

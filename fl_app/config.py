@@ -31,6 +31,7 @@ MODEL_LAYERS = {
     "softmax": ("classifier",),
 }
 OPTIMIZERS = ("adam", "sgd")
+PRUNING_SCHEDULES = ("none", "polynomial", "constant")
 
 
 class ConfigError(ValueError):
@@ -148,6 +149,47 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class PruningConfig:
+    """Magnitude pruning of Conv2D/Dense kernels; schedules count server rounds.
+
+    Mirrors tensorflow-model-optimization's ``PolynomialDecay`` (``initial_sparsity``
+    to ``final_sparsity`` between ``begin_round`` and ``end_round``) and
+    ``ConstantSparsity`` (``final_sparsity`` from ``begin_round`` on).
+    """
+
+    schedule: str  # polynomial | constant
+    initial_sparsity: float
+    final_sparsity: float
+    begin_round: int
+    end_round: int
+    frequency: int
+    # names of the Conv2D/Dense layers to prune; "auto": all but the model's first
+    # and last (its class layer), "all": every one
+    layers: str = "auto"
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """How model arrays travel: codec specs (see :mod:`fl_app.compression`)."""
+
+    upload: str
+    download: str
+    delta: bool  # clients send their update minus the model they received
+    error_feedback: bool  # carry each client's coding error into its next update
+    topk: float = 1.0  # fraction of each kernel's update entries sent (largest)
+
+    @property
+    def active(self) -> bool:
+        """Whether anything differs from dense float32 full models."""
+        return (
+            self.upload != "none"
+            or self.download != "none"
+            or self.delta
+            or self.topk < 1.0
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one federated run needs, validated."""
 
@@ -165,6 +207,8 @@ class RunConfig:
     partition: PartitionConfig
     model: ModelConfig
     client: ClientConfig
+    pruning: PruningConfig | None = None
+    compression: CompressionConfig = CompressionConfig("none", "none", False, False)
 
 
 @dataclass(frozen=True)
@@ -186,6 +230,16 @@ def _fraction(value: float) -> bool:
 
 def _non_negative(value: float) -> bool:
     return value >= 0
+
+
+def _codec(spec: str) -> bool:
+    from fl_app.compression import Codec  # numpy only
+
+    try:
+        Codec.parse(spec)
+    except ValueError:
+        return False
+    return True
 
 
 # The one schema of the flat run config: key -> type, default and rule. The defaults
@@ -245,6 +299,24 @@ FIELDS: dict[str, _Field] = {
     "client-augmentation-contrast": _Field(
         float, 0.0, "0 <= value < 1", lambda v: 0 <= v < 1
     ),
+    "pruning": _Field(str, "none", choices=PRUNING_SCHEDULES),
+    "pruning-initial-sparsity": _Field(
+        float, 0.0, "0 <= value < 1", lambda v: 0 <= v < 1
+    ),
+    "pruning-final-sparsity": _Field(
+        float, 0.9, "0 <= value < 1", lambda v: 0 <= v < 1
+    ),
+    "pruning-begin-round": _Field(int, 1, ">= 1", _positive),
+    "pruning-end-round": _Field(int, 10, ">= 1", _positive),
+    "pruning-frequency": _Field(int, 1, ">= 1", _positive),
+    "pruning-layers": _Field(str, "auto"),
+    "compression": _Field(str, "none", "'none' or a '+'-joined codec spec", _codec),
+    "compression-download": _Field(
+        str, "none", "'none' or a '+'-joined codec spec", _codec
+    ),
+    "compression-delta": _Field(bool, False),
+    "compression-error-feedback": _Field(bool, False),
+    "compression-topk": _Field(float, 1.0, "0 < value <= 1", lambda v: 0 < v <= 1),
 }
 
 
@@ -393,6 +465,38 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
                 v["model-width"],
                 "1.0 with strategy=hetero (the capacities give the client widths)",
             )
+    pruning = _pruning(v)
+    compression = CompressionConfig(
+        upload=v["compression"],
+        download=v["compression-download"],
+        delta=v["compression-delta"],
+        error_feedback=v["compression-error-feedback"],
+        topk=v["compression-topk"],
+    )
+    if compression.error_feedback and not compression.delta:
+        raise _fail(
+            "compression-error-feedback",
+            True,
+            "false unless compression-delta=true (the coding error of an update is "
+            "carried into the client's next update)",
+        )
+    if compression.topk < 1.0 and not (
+        compression.delta and "sparse" in v["compression"]
+    ):
+        raise _fail(
+            "compression-topk",
+            compression.topk,
+            "1.0 unless compression-delta=true and compression includes 'sparse' "
+            "(top-k keeps the largest entries of an update, sent sparse)",
+        )
+    if (pruning is not None or compression.active) and v["strategy"] != "fedavg":
+        raise _fail(
+            "strategy",
+            v["strategy"],
+            "fedavg when pruning or compression is on (hetero slicing sends "
+            "per-client shapes and personalization keeps client-local arrays; "
+            "neither is wired to the codecs or the server mask)",
+        )
     return RunConfig(
         seed=v["seed"],
         num_rounds=v["num-rounds"],
@@ -438,6 +542,56 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             augmentation=augmentation,
             label_mask=v["client-label-mask"],
         ),
+        pruning=pruning,
+        compression=compression,
+    )
+
+
+def _pruning(v: Mapping[str, Any]) -> PruningConfig | None:
+    """Return the pruning settings, checking the schedule's rounds and sparsities."""
+    if v["pruning"] == "none":
+        return None
+    if v["pruning"] == "polynomial":
+        if v["pruning-end-round"] <= v["pruning-begin-round"]:
+            raise _fail(
+                "pruning-end-round",
+                v["pruning-end-round"],
+                f"> pruning-begin-round ({v['pruning-begin-round']}) for the "
+                "polynomial schedule",
+            )
+        if v["pruning-initial-sparsity"] > v["pruning-final-sparsity"]:
+            raise _fail(
+                "pruning-initial-sparsity",
+                v["pruning-initial-sparsity"],
+                f"<= pruning-final-sparsity ({v['pruning-final-sparsity']})",
+            )
+    layers = v["pruning-layers"]
+    known = MODEL_LAYERS[v["model"]]
+    names = [n.strip() for n in layers.split(",") if n.strip()]
+    if layers not in ("auto", "all") and (
+        not names or any(n not in known for n in names)
+    ):
+        raise _fail(
+            "pruning-layers",
+            layers,
+            f"'auto', 'all', or comma-separated layer names of model "
+            f"'{v['model']}': {', '.join(known)}",
+        )
+    if layers == "auto" and len(known) <= 2:
+        raise _fail(
+            "pruning-layers",
+            layers,
+            f"layer names or 'all' for model '{v['model']}' ('auto' skips the first "
+            "and the class layer, which leaves nothing to prune)",
+        )
+    return PruningConfig(
+        schedule=v["pruning"],
+        initial_sparsity=v["pruning-initial-sparsity"],
+        final_sparsity=v["pruning-final-sparsity"],
+        begin_round=v["pruning-begin-round"],
+        end_round=v["pruning-end-round"],
+        frequency=v["pruning-frequency"],
+        layers=v["pruning-layers"],
     )
 
 

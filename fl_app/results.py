@@ -9,12 +9,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "final_model.keras"
 PLOT_FILE = "accuracy_loss.png"
+BYTES_PLOT_FILE = "accuracy_vs_bytes.png"
 
 
 def _jsonable(value: Any) -> Any:
@@ -80,6 +83,7 @@ class RunRecorder:
         full = _jsonable({**totals, **summary})
         (self.output_dir / SUMMARY_FILE).write_text(json.dumps(full, indent=2) + "\n")
         plot_rounds(self.rows, self.output_dir / PLOT_FILE)
+        plot_accuracy_vs_bytes(self.rows, self.output_dir / BYTES_PLOT_FILE)
         return full
 
 
@@ -116,6 +120,28 @@ def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_bytes(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Plot central accuracy against cumulative bytes (up, and up + down) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    up = np.cumsum([row.get("bytes_up", 0) for row in rows]) / 1e6
+    total = up + np.cumsum([row.get("bytes_down", 0) for row in rows]) / 1e6
+    accuracy = [row.get("central_accuracy", math.nan) for row in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(up, accuracy, "-o", markersize=3, label="bytes up")
+    ax.plot(total, accuracy, "--s", markersize=3, label="bytes up + down")
+    ax.set_xlabel("cumulative MB")
+    ax.set_ylabel("central accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client import model_key
+from fl_app.compression import Codec
 from fl_app.config import RunConfig, parse_run_config
 from fl_app.data import ArrayDataset, load_federated_data
 from fl_app.personalization import local_weight_mask
@@ -34,6 +35,7 @@ from fl_app.training import ModelKey, evaluate_model, get_compiled_model, keras
 from strategies.fedavg import FedAvg
 from strategies.hetero_slicing import HeteroSlicingFedAvg, make_windows, slice_weights
 from strategies.personalized import PersonalizedFedAvg
+from strategies.transport import ServerPruner, Transport
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,29 @@ def _log_to_console() -> None:
         logger.propagate = False
 
 
+def build_transport(
+    cfg: RunConfig, model: keras.Model
+) -> tuple[Transport | None, ServerPruner | None]:
+    """Return the strategy's codecs and pruning mask for the run config."""
+    transport = None
+    if cfg.compression.active:
+        comp = cfg.compression
+        transport = Transport(
+            upload=Codec.parse(comp.upload) if comp.upload != "none" else None,
+            download=Codec.parse(comp.download) if comp.download != "none" else None,
+            delta=comp.delta,
+        )
+    pruner = None
+    if cfg.pruning is not None:
+        from fl_app.pruning import prunable_arrays, sparsity_by_round
+
+        pruner = ServerPruner(
+            prunable=prunable_arrays(model, cfg.pruning.layers),
+            sparsity_by_round=sparsity_by_round(cfg.pruning, cfg.num_rounds),
+        )
+    return transport, pruner
+
+
 def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
     """Return the configured strategy; personalization marks client-local arrays."""
     if cfg.hetero is not None:
@@ -121,7 +146,8 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
             **kwargs,
         )
     if cfg.personalization is None:
-        return FedAvg(**kwargs)
+        transport, pruner = build_transport(cfg, model)
+        return FedAvg(transport=transport, pruner=pruner, **kwargs)
     mask = local_weight_mask(model, cfg.personalization.local_layers)
     return PersonalizedFedAvg(local_mask=mask, **kwargs)
 
@@ -156,7 +182,8 @@ def main(grid: Grid, context: Context) -> None:
     tune_grid(grid)
 
     data = load_federated_data(cfg)
-    key = model_key(cfg, data.input_shape, data.num_classes)
+    # The server evaluates plain models; pruning wrappers are a client's training aid.
+    key = replace(model_key(cfg, data.input_shape, data.num_classes), pruning=False)
     model = get_compiled_model(key, cfg.seed)
     initial_weights = model.get_weights()
     central: dict[int, tuple[float, float]] = {}

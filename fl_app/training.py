@@ -63,6 +63,7 @@ class ModelKey:
     num_classes: int
     width: float
     scaler: bool = False  # HeteroFL's training-time scaler (narrow hetero clients)
+    pruning: bool = False  # Conv2D/Dense wrapped by tfmot's prune_low_magnitude
 
 
 _MODEL_CACHE: dict[ModelKey, keras.Model] = {}
@@ -136,6 +137,10 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
         model = build_model(
             key.model, key.input_shape, key.num_classes, key.width, key.scaler
         )
+        if key.pruning:
+            from fl_app.pruning import wrap_for_pruning  # imports tfmot
+
+            model = wrap_for_pruning(model)
         loss = (
             LabelMaskedLoss(key.num_classes)
             if key.client.label_mask
@@ -150,6 +155,25 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
             _MODEL_CACHE[key] = model
         log.debug("built and compiled %s (width %s)", key.model.name, key.width)
     return model
+
+
+def set_model_weights(model: keras.Model, key: ModelKey, weights: list) -> None:
+    """Set plain arrays into ``model`` (pruning wrappers: masks from nonzeros)."""
+    if key.pruning:
+        from fl_app.pruning import set_plain_weights
+
+        set_plain_weights(model, weights)
+    else:
+        model.set_weights(weights)
+
+
+def get_model_weights(model: keras.Model, key: ModelKey) -> list[np.ndarray]:
+    """Return the plain arrays of ``model`` (pruning wrappers: stripped, masked)."""
+    if key.pruning:
+        from fl_app.pruning import get_plain_weights
+
+        return get_plain_weights(model)
+    return model.get_weights()
 
 
 def clear_model_cache() -> None:

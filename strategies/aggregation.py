@@ -125,3 +125,19 @@ def aggregate_partial(
     return [
         next(averaged) if s else ref for ref, s in zip(reference, shared, strict=True)
     ]
+
+
+def magnitude_mask(weights: np.ndarray, sparsity: float) -> np.ndarray:
+    """Return the boolean mask that keeps the largest magnitudes of ``weights``.
+
+    Keeps ``k = max(round(size * (1 - sparsity)), 1)`` entries, the count
+    tensorflow-model-optimization's magnitude pruning keeps; ties go to the lower
+    flat index, so exactly ``k`` entries are kept.
+    """
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), received {sparsity}")
+    flat = np.abs(weights).reshape(-1)
+    k = max(int(np.round(flat.size * (1.0 - sparsity))), 1)
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[np.argsort(-flat, kind="stable")[:k]] = True
+    return mask.reshape(weights.shape)

@@ -33,6 +33,7 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 from flwr.server.strategy.aggregate import weighted_loss_avg
 
 from strategies.aggregation import aggregate_metrics, aggregate_weighted, check_update
+from strategies.transport import ServerPruner, Transport
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ class FedAvg(FlowerFedAvg):
         The global model before round 1.
     evaluate_fn : EvaluateFn | None
         Central evaluation of the global model, called after every round.
+    transport : Transport | None
+        Codecs and delta uploads; ``None`` sends and receives dense full models.
+    pruner : ServerPruner | None
+        Keeps the global model sparse (the initial model is pruned for round 1).
     """
 
     def __init__(
@@ -77,7 +82,13 @@ class FedAvg(FlowerFedAvg):
         evaluate_clients_per_round: int,
         initial_parameters: Parameters,
         evaluate_fn: EvaluateFn | None = None,
+        transport: Transport | None = None,
+        pruner: ServerPruner | None = None,
     ) -> None:
+        if pruner is not None:
+            initial_parameters = ndarrays_to_parameters(
+                pruner.apply(parameters_to_ndarrays(initial_parameters), 1)
+            )
         super().__init__(
             fraction_fit=clients_per_round / num_clients,
             fraction_evaluate=evaluate_clients_per_round / num_clients,
@@ -92,6 +103,10 @@ class FedAvg(FlowerFedAvg):
         self.evaluate_clients_per_round = evaluate_clients_per_round
         self._global: NDArrays = parameters_to_ndarrays(initial_parameters)
         self._records: dict[int, dict[str, Any]] = {}
+        self.transport = transport or Transport()
+        self.pruner = pruner
+        # The model clients decode from what they were last sent (deltas add to it).
+        self._reference: NDArrays = self._global
 
     def __repr__(self) -> str:
         return (
@@ -111,6 +126,7 @@ class FedAvg(FlowerFedAvg):
                 "num_failures": 0,
                 "num_rejected": 0,
                 "clients": {},
+                "bytes_down_by_node": {},
             },
         )
 
@@ -146,6 +162,7 @@ class FedAvg(FlowerFedAvg):
         """
         self._record(server_round)  # a round may have produced nothing to record
         record = self._records.pop(server_round)
+        del record["bytes_down_by_node"]
         record["wall_time_s"] = time.perf_counter() - record.pop("started")
         record["clients"] = [
             record["clients"][k] for k in sorted(record["clients"], key=_natural)
@@ -161,19 +178,37 @@ class FedAvg(FlowerFedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Sample clients, send each its model and count the bytes sent."""
-        record = self._record(server_round)
+        """Sample clients, send each its (encoded) model and count the bytes sent."""
         self._global = parameters_to_ndarrays(parameters)
+        parameters = self._encode_download(parameters)
         instructions = []
         for proxy, ins in super().configure_fit(
             server_round, parameters, client_manager
         ):
             sent, extra = self.client_parameters(server_round, parameters, proxy)
             instructions.append((proxy, FitIns(sent, {**ins.config, **extra})))
-        record["bytes_down"] += sum(
-            parameters_size(ins.parameters) for _, ins in instructions
-        )
+        self._count_download(server_round, instructions)
         return instructions
+
+    def _encode_download(self, parameters: Parameters) -> Parameters:
+        """Encode the global model for download; remember what clients decode."""
+        if self.transport.download is None:
+            self._reference = parameters_to_ndarrays(parameters)
+            return parameters
+        payload, self._reference = self.transport.send(
+            parameters_to_ndarrays(parameters)
+        )
+        return ndarrays_to_parameters(payload)
+
+    def _count_download(
+        self, server_round: int, instructions: list[tuple[ClientProxy, Any]]
+    ) -> None:
+        record = self._record(server_round)
+        for proxy, ins in instructions:
+            size = parameters_size(ins.parameters)
+            record["bytes_down"] += size
+            by_node = record["bytes_down_by_node"]
+            by_node[proxy.node_id] = by_node.get(proxy.node_id, 0) + size
 
     def client_parameters(
         self, server_round: int, parameters: Parameters, proxy: ClientProxy
@@ -206,9 +241,10 @@ class FedAvg(FlowerFedAvg):
                 {k: v for k, v in res.metrics.items() if k != "partition_id"},
                 num_examples=res.num_examples,
                 bytes_up=size,
+                bytes_down=record["bytes_down_by_node"].pop(proxy.node_id, 0),
             )
-            reason = self._rejection(proxy.node_id, res)
-            if reason is not None:
+            update, reason = self._decode_update(proxy.node_id, res)
+            if update is None:
                 record["num_rejected"] += 1
                 client["rejected"] = reason
                 log.warning(
@@ -219,13 +255,7 @@ class FedAvg(FlowerFedAvg):
                     reason,
                 )
                 continue
-            accepted.append(
-                (
-                    proxy.node_id,
-                    parameters_to_ndarrays(res.parameters),
-                    res.num_examples,
-                )
-            )
+            accepted.append((proxy.node_id, update, res.num_examples))
             accepted_metrics.append((res.num_examples, res.metrics))
 
         metrics: dict[str, Scalar] = {
@@ -240,19 +270,30 @@ class FedAvg(FlowerFedAvg):
             )
             return None, metrics
         self._global = self.aggregate_layers(accepted)
+        if self.pruner is not None:
+            self._global = self.pruner.apply(self._global, server_round + 1)
+            record["sparsity"] = self.pruner.sparsity(self._global)
         fit_metrics = aggregate_metrics(accepted_metrics)
         record.update(fit_metrics)
         metrics.update(fit_metrics)
         return ndarrays_to_parameters(self._global), metrics
 
-    def _rejection(self, node_id: int, res: FitRes) -> str | None:
+    def _decode_update(
+        self, node_id: int, res: FitRes
+    ) -> tuple[NDArrays | None, str | None]:
+        """Return ``(model, None)`` for a usable update, else ``(None, reason)``."""
         if res.num_examples <= 0:
-            return f"num_examples is {res.num_examples}"
+            return None, f"num_examples is {res.num_examples}"
         try:
-            update = parameters_to_ndarrays(res.parameters)
+            payload = parameters_to_ndarrays(res.parameters)
         except Exception as err:  # a payload that does not deserialize
-            return f"parameters do not deserialize: {err}"
-        return self.check_layers(node_id, update)
+            return None, f"parameters do not deserialize: {err}"
+        try:
+            update = self.transport.receive(payload, self._reference)
+        except ValueError as err:
+            return None, f"payload does not decode: {err}"
+        reason = self.check_layers(node_id, update)
+        return (None, reason) if reason is not None else (update, None)
 
     def check_layers(self, node_id: int, update: NDArrays) -> str | None:
         """Return why node ``node_id``'s update cannot be aggregated, or None."""
@@ -280,15 +321,14 @@ class FedAvg(FlowerFedAvg):
         """Sample clients for federated evaluation and count the bytes sent."""
         if self.evaluate_clients_per_round == 0:
             return []
+        parameters = self._encode_download(parameters)
         instructions = []
         for proxy, ins in super().configure_evaluate(
             server_round, parameters, client_manager
         ):
             sent, extra = self.client_parameters(server_round, parameters, proxy)
             instructions.append((proxy, EvaluateIns(sent, {**ins.config, **extra})))
-        self._record(server_round)["bytes_down"] += sum(
-            parameters_size(ins.parameters) for _, ins in instructions
-        )
+        self._count_download(server_round, instructions)
         return instructions
 
     def aggregate_evaluate(
@@ -306,6 +346,9 @@ class FedAvg(FlowerFedAvg):
                 server_round, res.metrics.get("partition_id"), proxy.node_id
             )
             client["val_loss"] = res.loss
+            client["bytes_down"] = client.get("bytes_down", 0) + record[
+                "bytes_down_by_node"
+            ].pop(proxy.node_id, 0)
             client.update(
                 {f"val_{k}": v for k, v in res.metrics.items() if k != "partition_id"}
             )

@@ -45,7 +45,16 @@ def test_config_hydra_default_equals_pyproject_defaults():
         assert defaults[key] == value, key
 
 
-GROUPS = ["dataset", "partition", "model", "strategy", "client", "client/augmentation"]
+GROUPS = [
+    "dataset",
+    "partition",
+    "model",
+    "strategy",
+    "client",
+    "client/augmentation",
+    "pruning",
+    "compression",
+]
 
 
 def group_options(group):
