@@ -12,6 +12,20 @@ pytestmark = pytest.mark.slow
 SUMMARY_KEYS = {"final_accuracy", "rounds", "wall_time_s", "bytes_up", "bytes_down"}
 
 
+def dense_model_bytes():
+    """Serialized float32 size of the default CNN on digits (what FedAvg sends)."""
+    from flwr.common import ndarrays_to_parameters
+
+    from fl_app.client import model_key
+    from fl_app.config import parse_run_config
+    from fl_app.training import get_compiled_model
+    from strategies.fedavg import parameters_size
+
+    key = model_key(parse_run_config({}), (8, 8, 1), 10)
+    weights = get_compiled_model(key).get_weights()
+    return parameters_size(ndarrays_to_parameters(weights))
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -182,3 +196,30 @@ def test_hetero_slicing_end_to_end(tmp_path, no_leftover_processes):
     sizes = {c["width"]: c["bytes_up"] for c in row["clients"]}
     assert set(sizes) == {1.0, 0.5} and sizes[0.5] < sizes[1.0]
     assert row["num_rejected"] == 0 and summary["bytes_up"] == sum(sizes.values())
+
+
+def test_pruning_with_sparse_int8_uploads_end_to_end(tmp_path, no_leftover_processes):
+    result = run_entry(
+        [
+            *TINY,
+            "num_rounds=2",
+            "pruning=constant",
+            "pruning.final_sparsity=0.9",
+            "compression=sparse_int8",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "run"
+    rows = read_jsonl(out / "metrics.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    # the global model holds the scheduled sparsity over the pruned layers
+    assert [row["sparsity"] for row in rows] == [pytest.approx(0.9, abs=1e-3)] * 2
+    assert all(row["num_rejected"] == 0 for row in rows)
+    # per-client bytes each way add up to the totals; uploads far below float32
+    clients = [c for row in rows for c in row["clients"]]
+    assert summary["bytes_up"] == sum(c["bytes_up"] for c in clients)
+    assert summary["bytes_down"] == sum(c["bytes_down"] for c in clients)
+    dense_bytes = dense_model_bytes()
+    assert max(c["bytes_up"] for c in clients) < dense_bytes / 10
+    assert (out / "accuracy_vs_bytes.png").stat().st_size > 0
