@@ -6,7 +6,7 @@ import logging
 from dataclasses import replace
 
 import numpy as np
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
@@ -31,10 +31,12 @@ from fl_app.training import (
     keras,
     set_model_weights,
     train_local,
+    train_local_dp,
 )
 
 log = logging.getLogger(__name__)
 STATE_RESIDUAL = "compression-residual"
+STATE_PRIVACY = "privacy"  # config record: DP-SGD steps taken so far
 
 
 def model_key(
@@ -48,6 +50,7 @@ def model_key(
         num_classes=num_classes,
         width=cfg.model.width,
         pruning=cfg.pruning is not None,
+        dpsgd=cfg.dpsgd,
     )
 
 
@@ -172,7 +175,13 @@ class KerasClient(NumPyClient):
             return self._fit_personalized(parameters, rng, augment)
         model, key = self._model(config)
         received = self._load(model, key, parameters)
-        metrics = train_local(model, self.data.train, self.cfg.client, rng, augment)
+        if self.cfg.dpsgd is not None:
+            spent = self._privacy_spent()
+            if spent is not None:  # would exceed the budget: decline to train
+                return self._upload(received, received), 0, spent
+            metrics = self._train_dp(model, rng, augment)
+        else:
+            metrics = train_local(model, self.data.train, self.cfg.client, rng, augment)
         if "width" in config:
             metrics["width"] = float(config["width"])
         return (
@@ -180,6 +189,66 @@ class KerasClient(NumPyClient):
             len(self.data.train),
             {"partition_id": self.partition_id, **metrics},
         )
+
+    def _steps_taken(self) -> int:
+        if STATE_PRIVACY not in self.state.config_records:
+            return 0
+        return int(self.state.config_records[STATE_PRIVACY]["steps"])
+
+    def _epsilon(self, steps: int) -> float:
+        from fl_app.privacy import epsilon
+
+        dp = self.cfg.dpsgd
+        q = min(self.cfg.client.batch_size / len(self.data.train), 1.0)
+        return epsilon(steps, q, dp.noise_multiplier, dp.delta, dp.microbatches > 0)
+
+    def _privacy_spent(self) -> dict[str, Scalar] | None:
+        """Return the decline metrics if this round would exceed the ε budget."""
+        from fl_app.privacy import dp_sgd_steps
+
+        dp = self.cfg.dpsgd
+        if dp.epsilon_budget <= 0:
+            return None
+        taken = self._steps_taken()
+        steps = dp_sgd_steps(
+            len(self.data.train),
+            self.cfg.client.batch_size,
+            self.cfg.client.local_epochs,
+        )
+        after = self._epsilon(taken + steps)
+        if after <= dp.epsilon_budget:
+            return None
+        message = (
+            f"client {self.partition_id} declines to train: its privacy budget "
+            f"epsilon={dp.epsilon_budget:g} (delta={dp.delta:g}) would be exceeded "
+            f"(spent {self._epsilon(taken):.3f}, {after:.3f} after this round)"
+        )
+        log.warning("%s", message)
+        return {
+            "partition_id": self.partition_id,
+            "declined": message,
+            "epsilon": self._epsilon(taken),
+        }
+
+    def _train_dp(
+        self, model: keras.Model, rng: np.random.Generator, augment: Augmenter | None
+    ) -> dict[str, Scalar]:
+        """DP-SGD local training; account the steps in the node state, report ε."""
+        from fl_app.privacy import dp_sgd_steps
+
+        metrics: dict[str, Scalar] = dict(
+            train_local_dp(
+                model, self.data.train, self.cfg.client, self.cfg.dpsgd, rng, augment
+            )
+        )
+        steps = self._steps_taken() + dp_sgd_steps(
+            len(self.data.train),
+            self.cfg.client.batch_size,
+            self.cfg.client.local_epochs,
+        )
+        self.state.config_records[STATE_PRIVACY] = ConfigRecord({"steps": steps})
+        metrics["epsilon"] = self._epsilon(steps)
+        return metrics
 
     def _fit_personalized(
         self,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from flwr.app import Context
+from collections.abc import Callable
+
+from flwr.app import Context, Message
 from flwr.client import Client
+from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -41,4 +44,32 @@ def node_capacity(cfg: RunConfig, context: Context, partition_id: int) -> float:
     return assign_capacities(cfg.hetero, cfg.num_clients, cfg.seed)[partition_id]
 
 
-app = ClientApp(client_fn=client_fn)
+def privacy_mods(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Apply the run's client-side mods: DP clipping, then SecAgg+ masking.
+
+    A ``ClientApp``'s mods are fixed when it is built, before any run config is
+    known; this one mod reads the run config of each message and chains Flower's
+    own mods accordingly. Clipping runs inside SecAgg+, so what gets masked and
+    summed is the clipped update.
+    """
+    cfg = parse_run_config(context.run_config)
+    handler = call_next
+    if cfg.client_dp is not None and cfg.client_dp.client_side:
+        clip = adaptiveclipping_mod if cfg.client_dp.adaptive else fixedclipping_mod
+        inner = handler
+
+        def handler(m: Message, c: Context) -> Message:
+            return clip(m, c, inner)
+
+    if cfg.secagg is not None:
+        clipped = handler
+
+        def handler(m: Message, c: Context) -> Message:
+            return secaggplus_mod(m, c, clipped)
+
+    return handler(msg, context)
+
+
+app = ClientApp(client_fn=client_fn, mods=[privacy_mods])

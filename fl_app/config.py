@@ -32,6 +32,14 @@ MODEL_LAYERS = {
 }
 OPTIMIZERS = ("adam", "sgd")
 PRUNING_SCHEDULES = ("none", "polynomial", "constant")
+DPSGD_OPTIMIZERS = ("none", "sgd", "adam")
+CLIENT_DP_MODES = (
+    "none",
+    "server-fixed",
+    "server-adaptive",
+    "client-fixed",
+    "client-adaptive",
+)
 
 
 class ConfigError(ValueError):
@@ -190,6 +198,50 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class DpSgdConfig:
+    """Sample-level DP-SGD on every client (tensorflow-privacy optimizers)."""
+
+    optimizer: str  # sgd | adam
+    l2_norm_clip: float
+    noise_multiplier: float
+    microbatches: int  # 0: clip every example's gradient
+    delta: float
+    epsilon_budget: float  # 0: no budget
+
+
+@dataclass(frozen=True)
+class ClientDpConfig:
+    """Client-level DP through Flower's strategy wrappers (and client mods)."""
+
+    mode: str  # server-fixed | server-adaptive | client-fixed | client-adaptive
+    noise_multiplier: float
+    clipping_norm: float  # the initial norm for the adaptive modes
+    delta: float
+    clipped_count_stddev: float = 0.0  # adaptive: 0 takes Flower's default m / 20
+
+    @property
+    def client_side(self) -> bool:
+        """Whether clients clip their own updates (a client mod)."""
+        return self.mode.startswith("client-")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the clipping norm adapts (Andrew et al., 2021)."""
+        return self.mode.endswith("-adaptive")
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Flower's SecAgg+ protocol for the fit step."""
+
+    num_shares: int
+    reconstruction_threshold: int
+    clipping_range: float
+    quantization_range: int
+    max_weight: float
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one federated run needs, validated."""
 
@@ -209,6 +261,9 @@ class RunConfig:
     client: ClientConfig
     pruning: PruningConfig | None = None
     compression: CompressionConfig = CompressionConfig("none", "none", False, False)
+    dpsgd: DpSgdConfig | None = None
+    client_dp: ClientDpConfig | None = None
+    secagg: SecAggConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +372,27 @@ FIELDS: dict[str, _Field] = {
     "compression-delta": _Field(bool, False),
     "compression-error-feedback": _Field(bool, False),
     "compression-topk": _Field(float, 1.0, "0 < value <= 1", lambda v: 0 < v <= 1),
+    "dpsgd": _Field(str, "none", choices=DPSGD_OPTIMIZERS),
+    "dpsgd-l2-norm-clip": _Field(float, 1.0, "> 0", _positive),
+    "dpsgd-noise-multiplier": _Field(float, 1.1, "> 0", _positive),
+    "dpsgd-microbatches": _Field(
+        int, 0, ">= 0 (0 clips every example's gradient)", _non_negative
+    ),
+    "dpsgd-delta": _Field(float, 1e-5, "0 < value < 1", _fraction),
+    "dpsgd-epsilon-budget": _Field(float, 0.0, ">= 0 (0: no budget)", _non_negative),
+    "clientdp": _Field(str, "none", choices=CLIENT_DP_MODES),
+    "clientdp-noise-multiplier": _Field(float, 1.0, "> 0", _positive),
+    "clientdp-clipping-norm": _Field(float, 1.0, "> 0", _positive),
+    "clientdp-delta": _Field(float, 1e-5, "0 < value < 1", _fraction),
+    "clientdp-clipped-count-stddev": _Field(
+        float, 0.0, ">= 0 (0: Flower's default, clients per round / 20)", _non_negative
+    ),
+    "secagg": _Field(bool, False),
+    "secagg-num-shares": _Field(int, 3, ">= 3", lambda v: v >= 3),
+    "secagg-reconstruction-threshold": _Field(int, 2, ">= 2", lambda v: v >= 2),
+    "secagg-clipping-range": _Field(float, 8.0, "> 0", _positive),
+    "secagg-quantization-range": _Field(int, 4194304, ">= 2", lambda v: v >= 2),
+    "secagg-max-weight": _Field(float, 10000.0, "> 0", _positive),
 }
 
 
@@ -489,6 +565,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             "1.0 unless compression-delta=true and compression includes 'sparse' "
             "(top-k keeps the largest entries of an update, sent sparse)",
         )
+    dpsgd, client_dp, secagg = _privacy(v, compression)
     if (pruning is not None or compression.active) and v["strategy"] != "fedavg":
         raise _fail(
             "strategy",
@@ -544,7 +621,93 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
         ),
         pruning=pruning,
         compression=compression,
+        dpsgd=dpsgd,
+        client_dp=client_dp,
+        secagg=secagg,
     )
+
+
+def _privacy(
+    v: Mapping[str, Any], compression: CompressionConfig
+) -> tuple[DpSgdConfig | None, ClientDpConfig | None, SecAggConfig | None]:
+    """Parse DP-SGD, client-level DP and SecAgg+, refusing what cannot combine."""
+    dpsgd = None
+    if v["dpsgd"] != "none":
+        if v["strategy"] == "personalized":
+            raise _fail(
+                "dpsgd",
+                v["dpsgd"],
+                "'none' with strategy=personalized (its blended trainer has its own "
+                "optimizers)",
+            )
+        dpsgd = DpSgdConfig(
+            optimizer=v["dpsgd"],
+            l2_norm_clip=v["dpsgd-l2-norm-clip"],
+            noise_multiplier=v["dpsgd-noise-multiplier"],
+            microbatches=v["dpsgd-microbatches"],
+            delta=v["dpsgd-delta"],
+            epsilon_budget=v["dpsgd-epsilon-budget"],
+        )
+    client_dp = None
+    if v["clientdp"] != "none":
+        if v["strategy"] != "fedavg" or compression.active:
+            raise _fail(
+                "clientdp",
+                v["clientdp"],
+                "'none' unless strategy=fedavg without compression (Flower's DP "
+                "wrappers clip and noise dense full-model updates)",
+            )
+        client_dp = ClientDpConfig(
+            mode=v["clientdp"],
+            noise_multiplier=v["clientdp-noise-multiplier"],
+            clipping_norm=v["clientdp-clipping-norm"],
+            delta=v["clientdp-delta"],
+            clipped_count_stddev=v["clientdp-clipped-count-stddev"],
+        )
+    secagg = None
+    if v["secagg"]:
+        if v["strategy"] == "hetero":
+            raise _fail(
+                "secagg",
+                True,
+                "false with strategy=hetero: slicing gives every client its own "
+                "array shapes, and SecAgg+ sums equal-shaped vectors",
+            )
+        if v["strategy"] == "personalized":
+            raise _fail(
+                "secagg",
+                True,
+                "false with strategy=personalized (client-local arrays are not sent)",
+            )
+        if v["compression"] != "none" or compression.delta or compression.topk < 1:
+            raise _fail(
+                "secagg",
+                True,
+                "false with upload compression (sparse, quantized or delta "
+                f"payloads, here compression={v['compression']!r}): SecAgg+ "
+                "quantizes and sums dense float arrays itself",
+            )
+        if client_dp is not None and not client_dp.client_side:
+            raise _fail(
+                "clientdp",
+                v["clientdp"],
+                "client-fixed or client-adaptive with secagg=true (server-side "
+                "clipping needs each client's update, which SecAgg+ hides)",
+            )
+        if v["secagg-reconstruction-threshold"] > v["clients-per-round"]:
+            raise _fail(
+                "secagg-reconstruction-threshold",
+                v["secagg-reconstruction-threshold"],
+                f"<= clients-per-round ({v['clients-per-round']})",
+            )
+        secagg = SecAggConfig(
+            num_shares=v["secagg-num-shares"],
+            reconstruction_threshold=v["secagg-reconstruction-threshold"],
+            clipping_range=v["secagg-clipping-range"],
+            quantization_range=v["secagg-quantization-range"],
+            max_weight=v["secagg-max-weight"],
+        )
+    return dpsgd, client_dp, secagg
 
 
 def _pruning(v: Mapping[str, Any]) -> PruningConfig | None:

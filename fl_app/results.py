@@ -18,6 +18,11 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "final_model.keras"
 PLOT_FILE = "accuracy_loss.png"
 BYTES_PLOT_FILE = "accuracy_vs_bytes.png"
+EPSILON_PLOT_FILE = "accuracy_vs_epsilon.png"
+EPSILON_KEYS = {
+    "epsilon_sample_level_max": "sample-level (DP-SGD, largest client ε)",
+    "epsilon_client_level": "client-level",
+}
 
 
 def _jsonable(value: Any) -> Any:
@@ -84,6 +89,7 @@ class RunRecorder:
         (self.output_dir / SUMMARY_FILE).write_text(json.dumps(full, indent=2) + "\n")
         plot_rounds(self.rows, self.output_dir / PLOT_FILE)
         plot_accuracy_vs_bytes(self.rows, self.output_dir / BYTES_PLOT_FILE)
+        plot_accuracy_vs_epsilon(self.rows, self.output_dir / EPSILON_PLOT_FILE)
         return full
 
 
@@ -139,6 +145,37 @@ def plot_accuracy_vs_bytes(rows: Sequence[Mapping[str, Any]], path: Path) -> Non
     ax.plot(up, accuracy, "-o", markersize=3, label="bytes up")
     ax.plot(total, accuracy, "--s", markersize=3, label="bytes up + down")
     ax.set_xlabel("cumulative MB")
+    ax.set_ylabel("central accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_epsilon(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Plot central accuracy against cumulative ε per round, if any ε was recorded."""
+    series = {
+        label: [
+            (row[key], row.get("central_accuracy", math.nan))
+            for row in rows
+            if row.get(key) is not None
+        ]
+        for key, label in EPSILON_KEYS.items()
+    }
+    series = {label: points for label, points in series.items() if points}
+    if not series:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        eps, accuracy = zip(*points, strict=True)
+        ax.plot(eps, accuracy, "-o", markersize=3, label=label)
+    ax.set_xlabel("ε (cumulative)")
     ax.set_ylabel("central accuracy")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -15,9 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 from flwr.app import Context
 from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
 from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
@@ -116,6 +118,8 @@ def build_transport(
 ) -> tuple[Transport | None, ServerPruner | None]:
     """Return the strategy's codecs and pruning mask for the run config."""
     transport = None
+    if cfg.secagg is not None:  # refused with compression by the config
+        transport = Transport(cast_floats=True)
     if cfg.compression.active:
         comp = cfg.compression
         transport = Transport(
@@ -147,9 +151,96 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
         )
     if cfg.personalization is None:
         transport, pruner = build_transport(cfg, model)
-        return FedAvg(transport=transport, pruner=pruner, **kwargs)
+        return FedAvg(
+            transport=transport,
+            pruner=pruner,
+            uniform=cfg.client_dp is not None,
+            **kwargs,
+        )
     mask = local_weight_mask(model, cfg.personalization.local_layers)
     return PersonalizedFedAvg(local_mask=mask, **kwargs)
+
+
+def wrap_client_dp(cfg: RunConfig, strategy: Strategy) -> Strategy:
+    """Wrap ``strategy`` in Flower's client-level DP wrapper the config names."""
+    from flwr.server.strategy import (
+        DifferentialPrivacyClientSideAdaptiveClipping,
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    dp = cfg.client_dp
+    if dp is None:
+        return strategy
+    sampled = cfg.clients_per_round
+    if dp.adaptive:
+        cls = (
+            DifferentialPrivacyClientSideAdaptiveClipping
+            if dp.client_side
+            else DifferentialPrivacyServerSideAdaptiveClipping
+        )
+        return cls(
+            strategy,
+            noise_multiplier=dp.noise_multiplier,
+            num_sampled_clients=sampled,
+            initial_clipping_norm=dp.clipping_norm,
+            clipped_count_stddev=dp.clipped_count_stddev or None,
+        )
+    cls = (
+        DifferentialPrivacyClientSideFixedClipping
+        if dp.client_side
+        else DifferentialPrivacyServerSideFixedClipping
+    )
+    return cls(
+        strategy,
+        noise_multiplier=dp.noise_multiplier,
+        clipping_norm=dp.clipping_norm,
+        num_sampled_clients=sampled,
+    )
+
+
+def client_level_epsilon(cfg: RunConfig, rounds: int) -> float | None:
+    """ε of client-level DP after ``rounds`` rounds (RDP, sampling = m / n per round).
+
+    Flower's DP wrappers add Gaussian noise of ``noise_multiplier × clip / m`` to an
+    unweighted mean of ``m`` clipped updates: one Gaussian mechanism per round on a
+    ``m / n`` sample of clients. Flower samples a fixed-size subset; the accountant
+    treats it as Poisson sampling with the same rate, the usual approximation.
+    """
+    from fl_app.privacy import epsilon
+
+    dp = cfg.client_dp
+    if dp is None:
+        return None
+    q = cfg.clients_per_round / cfg.num_clients
+    return epsilon(rounds, q, dp.noise_multiplier, dp.delta)
+
+
+def privacy_row(cfg: RunConfig, row: dict[str, Any]) -> dict[str, Any]:
+    """Add a round's ε figures: the clients' largest DP-SGD ε, client-level ε."""
+    reported = [c["epsilon"] for c in row.get("clients", []) if "epsilon" in c]
+    if cfg.dpsgd is not None:
+        row["epsilon_sample_level_max"] = max(reported) if reported else None
+    if cfg.client_dp is not None:
+        row["epsilon_client_level"] = client_level_epsilon(cfg, row["round"])
+    return row
+
+
+def fit_workflow(cfg: RunConfig):
+    """Flower's SecAgg+ fit workflow when configured, else the default (None)."""
+    if cfg.secagg is None:
+        return None
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    sa = cfg.secagg
+    return SecAggPlusWorkflow(
+        num_shares=sa.num_shares,
+        reconstruction_threshold=sa.reconstruction_threshold,
+        max_weight=sa.max_weight,
+        clipping_range=sa.clipping_range,
+        quantization_range=sa.quantization_range,
+    )
 
 
 def accuracy_by_width(
@@ -178,6 +269,7 @@ def main(grid: Grid, context: Context) -> None:
     _log_to_console()
     log.info("fl-dnn run %s writes results to %s", context.run_id, output_dir)
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
+    np.random.seed(cfg.seed)  # Flower's DP wrappers draw noise from numpy's global RNG
     wait_for_nodes(grid, cfg.num_clients)
     tune_grid(grid)
 
@@ -212,14 +304,16 @@ def main(grid: Grid, context: Context) -> None:
         server_round = cast(
             int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
         )
-        recorder.write_round(strategy.pop_round_record(server_round))
+        recorder.write_round(privacy_row(cfg, strategy.pop_round_record(server_round)))
 
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=cfg.num_rounds),
-        strategy=strategy,
+        strategy=wrap_client_dp(cfg, strategy),
     )
-    DefaultWorkflow(evaluate_workflow=evaluate_and_record)(grid, legacy)
+    DefaultWorkflow(
+        fit_workflow=fit_workflow(cfg), evaluate_workflow=evaluate_and_record
+    )(grid, legacy)
 
     final_weights = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
     final_round = cfg.num_rounds
@@ -242,6 +336,15 @@ def main(grid: Grid, context: Context) -> None:
             )
             if recorder.rows
             else None,
+            "epsilon_sample_level_max": max(
+                (
+                    row["epsilon_sample_level_max"]
+                    for row in recorder.rows
+                    if row.get("epsilon_sample_level_max") is not None
+                ),
+                default=None,
+            ),
+            "epsilon_client_level": client_level_epsilon(cfg, len(recorder.rows)),
             "wall_time_s": time.perf_counter() - started,
             "dataset": cfg.dataset.name,
             "partition": cfg.partition.name,

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.augmentation import Augmenter
-from fl_app.config import ClientConfig, ModelConfig
+from fl_app.config import ClientConfig, DpSgdConfig, ModelConfig
 from fl_app.data import ArrayDataset
 from fl_app.models import build_model
 
@@ -64,6 +64,7 @@ class ModelKey:
     width: float
     scaler: bool = False  # HeteroFL's training-time scaler (narrow hetero clients)
     pruning: bool = False  # Conv2D/Dense wrapped by tfmot's prune_low_magnitude
+    dpsgd: DpSgdConfig | None = None  # tensorflow-privacy's DP optimizer
 
 
 _MODEL_CACHE: dict[ModelKey, keras.Model] = {}
@@ -109,6 +110,24 @@ class LabelMaskedLoss:
         self.mask.assign(present)
 
 
+class PerExampleLoss(keras.losses.Loss):
+    """A loss function left unreduced, as tensorflow-privacy's optimizers need."""
+
+    def __init__(self, fn) -> None:
+        super().__init__(reduction=keras.losses.Reduction.NONE, name="per_example")
+        self.fn = fn
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """Return the per-example losses."""
+        return self.fn(y_true, y_pred)
+
+
+def label_mask_of(model: keras.Model) -> LabelMaskedLoss | None:
+    """Return the model's label-masked loss, if it was compiled with one."""
+    loss = getattr(model.loss, "fn", model.loss)
+    return loss if isinstance(loss, LabelMaskedLoss) else None
+
+
 def _softmax_logits(probs: tf.Tensor) -> tf.Tensor:
     """Return the logits a softmax output was computed from (log-probs if unknown)."""
     logits = getattr(probs, "_keras_logits", None)
@@ -144,10 +163,18 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
         loss = (
             LabelMaskedLoss(key.num_classes)
             if key.client.label_mask
-            else "sparse_categorical_crossentropy"
+            else keras.losses.sparse_categorical_crossentropy
         )
+        if key.dpsgd is not None:
+            from fl_app.privacy import dp_optimizer
+
+            optimizer = dp_optimizer(key.dpsgd, key.client.learning_rate)
+            # DP optimizers clip per-example (per-microbatch) losses: no reduction
+            loss = PerExampleLoss(loss)
+        else:
+            optimizer = make_optimizer(key.client)
         model.compile(
-            optimizer=make_optimizer(key.client),
+            optimizer=optimizer,
             loss=loss,
             metrics=["accuracy"],
         )
@@ -184,7 +211,10 @@ def clear_model_cache() -> None:
 
 def reset_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
     """Zero an optimizer's state (step count, moments) so no client inherits it."""
-    for variable in optimizer.variables:
+    variables = optimizer.variables
+    if callable(variables):  # legacy optimizers (tensorflow-privacy's DP ones)
+        variables = variables()
+    for variable in variables:
         variable.assign(tf.zeros_like(variable))
 
 
@@ -202,9 +232,9 @@ def train_local(
     classes in ``data``. Returns the loss and accuracy of the last epoch.
     """
     reset_optimizer(model.optimizer)
-    masked = isinstance(model.loss, LabelMaskedLoss)
-    if masked:
-        model.loss.set_classes(data.y)
+    mask = label_mask_of(model)
+    if mask is not None:
+        mask.set_classes(data.y)
     logs: dict[str, float] = {}
     try:
         for _ in range(cfg.local_epochs):
@@ -213,9 +243,58 @@ def train_local(
                 model.train_on_batch, model, data.take(order), cfg.batch_size, augment
             )
     finally:
-        if masked:
-            model.loss.set_classes(None)
+        if mask is not None:
+            mask.set_classes(None)
     return {"train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
+
+
+def train_local_dp(
+    model: keras.Model,
+    data: ArrayDataset,
+    cfg: ClientConfig,
+    dpsgd: DpSgdConfig,
+    rng: np.random.Generator,
+    augment: Augmenter | None = None,
+) -> dict[str, float]:
+    """Train with DP-SGD on Poisson-sampled batches (``model`` has a DP optimizer).
+
+    Runs :func:`fl_app.privacy.dp_sgd_steps` steps; in each, every example joins the
+    batch with probability ``batch_size / len(data)``, the sampling the accountant
+    assumes. A step whose batch is empty is skipped (the accountant still counts it,
+    which only overstates ε). With microbatches, a batch is cut to a multiple of
+    their number (dropping examples at random only subsamples further).
+    """
+    from fl_app.privacy import dp_sgd_steps, poisson_batches
+
+    reset_optimizer(model.optimizer)
+    q = min(cfg.batch_size / len(data), 1.0)
+    steps = dp_sgd_steps(len(data), cfg.batch_size, cfg.local_epochs)
+    mask = label_mask_of(model)
+    if mask is not None:
+        mask.set_classes(data.y)
+    model.reset_metrics()
+    logs: dict = {}
+    try:
+        for batch in poisson_batches(len(data), q, steps, rng):
+            if dpsgd.microbatches:
+                keep = len(batch) - len(batch) % dpsgd.microbatches
+                batch = rng.permutation(batch)[:keep]
+            if len(batch) == 0:
+                continue
+            x = data.x[batch]
+            logs = model.train_on_batch(
+                x if augment is None else augment(x),
+                data.y[batch],
+                reset_metrics=False,
+                return_dict=True,
+            )
+    finally:
+        if mask is not None:
+            mask.set_classes(None)
+    return {
+        "train_loss": float(logs.get("loss", np.nan)),
+        "train_accuracy": float(logs.get("accuracy", np.nan)),
+    }
 
 
 def _run_batches(

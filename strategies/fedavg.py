@@ -72,6 +72,9 @@ class FedAvg(FlowerFedAvg):
         Codecs and delta uploads; ``None`` sends and receives dense full models.
     pruner : ServerPruner | None
         Keeps the global model sparse (the initial model is pruned for round 1).
+    uniform : bool
+        Average clients with equal weights instead of by examples (client-level DP:
+        its noise is calibrated to one client's clipped share of an unweighted mean).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class FedAvg(FlowerFedAvg):
         evaluate_fn: EvaluateFn | None = None,
         transport: Transport | None = None,
         pruner: ServerPruner | None = None,
+        uniform: bool = False,
     ) -> None:
         if pruner is not None:
             initial_parameters = ndarrays_to_parameters(
@@ -105,6 +109,7 @@ class FedAvg(FlowerFedAvg):
         self._records: dict[int, dict[str, Any]] = {}
         self.transport = transport or Transport()
         self.pruner = pruner
+        self.uniform = uniform
         # The model clients decode from what they were last sent (deltas add to it).
         self._reference: NDArrays = self._global
 
@@ -125,6 +130,7 @@ class FedAvg(FlowerFedAvg):
                 "bytes_down": 0,
                 "num_failures": 0,
                 "num_rejected": 0,
+                "num_declined": 0,
                 "clients": {},
                 "bytes_down_by_node": {},
             },
@@ -243,6 +249,15 @@ class FedAvg(FlowerFedAvg):
                 bytes_up=size,
                 bytes_down=record["bytes_down_by_node"].pop(proxy.node_id, 0),
             )
+            if "declined" in res.metrics:  # e.g. its privacy budget is spent
+                record["num_declined"] += 1
+                log.warning(
+                    "round %d: client %s declined: %s",
+                    server_round,
+                    pid,
+                    res.metrics["declined"],
+                )
+                continue
             update, reason = self._decode_update(proxy.node_id, res)
             if update is None:
                 record["num_rejected"] += 1
@@ -262,6 +277,7 @@ class FedAvg(FlowerFedAvg):
             "bytes_up": record["bytes_up"],
             "num_accepted": len(accepted),
             "num_rejected": record["num_rejected"],
+            "num_declined": record["num_declined"],
         }
         if not accepted:
             log.warning(
@@ -301,7 +317,9 @@ class FedAvg(FlowerFedAvg):
 
     def aggregate_layers(self, accepted: list[tuple[int, NDArrays, int]]) -> NDArrays:
         """Return the new global model from accepted ``(node, weights, examples)``."""
-        return aggregate_weighted([(weights, n) for _, weights, n in accepted])
+        return aggregate_weighted(
+            [(weights, 1 if self.uniform else n) for _, weights, n in accepted]
+        )
 
     def evaluate(
         self, server_round: int, parameters: Parameters

@@ -38,11 +38,17 @@ class Codec(Protocol):
 
 @dataclass(frozen=True)
 class Transport:
-    """Download/upload codecs (``None``: dense arrays) and delta uploads."""
+    """Download/upload codecs (``None``: dense arrays) and delta uploads.
+
+    ``cast_floats`` casts floating uploads to the model's dtypes before they are
+    checked: Flower's SecAgg+ workflow hands the strategy its dequantized sum as
+    float64 arrays.
+    """
 
     upload: Codec | None = None
     download: Codec | None = None
     delta: bool = False
+    cast_floats: bool = False
 
     def send(self, weights: NDArrays) -> tuple[NDArrays, NDArrays]:
         """Return ``(payload, model the clients decode from it)``."""
@@ -66,6 +72,13 @@ class Transport:
             update = payload
         else:
             update = self.upload.decode(payload, [w.shape for w in reference])
+        if self.cast_floats and len(update) == len(reference):
+            update = [
+                u.astype(r.dtype)
+                if np.issubdtype(u.dtype, np.floating) and u.dtype != r.dtype
+                else u
+                for u, r in zip(update, reference, strict=True)
+            ]
         if not self.delta:
             return update
         if len(update) != len(reference) or any(

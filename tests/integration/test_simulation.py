@@ -223,3 +223,63 @@ def test_pruning_with_sparse_int8_uploads_end_to_end(tmp_path, no_leftover_proce
     dense_bytes = dense_model_bytes()
     assert max(c["bytes_up"] for c in clients) < dense_bytes / 10
     assert (out / "accuracy_vs_bytes.png").stat().st_size > 0
+
+
+def final_weights(out):
+    import numpy as np
+    import tf_keras
+
+    model = tf_keras.models.load_model(out / "final_model.keras")
+    return np.concatenate([w.ravel() for w in model.get_weights()])
+
+
+def test_secagg_plus_gives_fedavgs_aggregate_within_quantization_error(
+    tmp_path, no_leftover_processes
+):
+    import numpy as np
+
+    three = ["num_clients=3", "clients_per_round=3", "evaluate_clients_per_round=0"]
+    outs = {}
+    for name, extra in (("plain", []), ("secagg", ["secagg=enabled"])):
+        result = run_entry(
+            [*three, "num_rounds=1", *extra, f"hydra.run.dir={tmp_path / name}"],
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        outs[name] = tmp_path / name
+    (row,) = read_jsonl(outs["secagg"] / "metrics.jsonl")
+    assert row["num_rejected"] == 0
+    # SecAgg+ (defaults: clipping range 8, quantization range 2**22, max weight
+    # 10000) quantizes each client's value times n_i / max_weight with a step of
+    # 16 / (2**22 - 1); the sum of three is divided by sum(n_i) / max_weight.
+    step = 2 * 8.0 / (2**22 - 1)
+    total_ratio = sum(c["num_examples"] for c in row["clients"]) / 10000.0
+    bound = 3 * step / total_ratio
+    diff = np.abs(final_weights(outs["plain"]) - final_weights(outs["secagg"]))
+    assert 0 < diff.max() <= bound
+
+
+def test_dp_sgd_and_client_level_dp_report_epsilon(tmp_path, no_leftover_processes):
+    result = run_entry(
+        [
+            *TINY,
+            "num_rounds=2",
+            "dpsgd=sgd",
+            "client.learning_rate=0.1",
+            "clientdp=client_fixed",
+            "clientdp.noise_multiplier=0.1",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "run"
+    rows = read_jsonl(out / "metrics.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    sample = [row["epsilon_sample_level_max"] for row in rows]
+    client = [row["epsilon_client_level"] for row in rows]
+    assert 0 < sample[0] < sample[1]  # each client accumulates over its rounds
+    assert 0 < client[0] < client[1]
+    assert summary["epsilon_sample_level_max"] == sample[1]
+    assert summary["epsilon_client_level"] == client[1]
+    assert all(c["epsilon"] > 0 for row in rows for c in row["clients"])
+    assert (out / "accuracy_vs_epsilon.png").stat().st_size > 0

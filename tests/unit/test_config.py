@@ -54,6 +54,9 @@ GROUPS = [
     "client/augmentation",
     "pruning",
     "compression",
+    "dpsgd",
+    "clientdp",
+    "secagg",
 ]
 
 

@@ -1,0 +1,140 @@
+"""DP-SGD on clients and the ε accountant."""
+
+import math
+import re
+from dataclasses import replace
+
+import dp_accounting
+import numpy as np
+import pytest
+
+from fl_app.client import KerasClient, model_key
+from fl_app.config import ConfigError, DpSgdConfig, parse_run_config
+from fl_app.privacy import dp_sgd_steps, epsilon
+from fl_app.training import clear_model_cache, get_compiled_model, train_local_dp
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    clear_model_cache()
+    yield
+    clear_model_cache()
+
+
+def test_accountant_matches_tf_privacy_mnist_tutorial_setting():
+    # N = 60000, batch 256, sigma 1.1, 60 epochs, delta 1e-5, Poisson sampling
+    steps = dp_sgd_steps(60000, 256, 60)
+    assert steps == math.ceil(60 / (256 / 60000))
+    eps = epsilon(steps, 256 / 60000, 1.1, 1e-5)
+    assert eps == pytest.approx(2.597, abs=0.01)
+    import sys
+
+    sys.skip_tf_privacy_import = True
+    from tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib import (
+        compute_dp_sgd_privacy_statement,
+    )
+
+    statement = compute_dp_sgd_privacy_statement(
+        number_of_examples=60000,
+        batch_size=256,
+        num_epochs=60,
+        noise_multiplier=1.1,
+        delta=1e-5,
+        used_microbatching=False,
+    )
+    poisson = re.search(r"Poisson sampling \(\*\):\s+([0-9.]+)", statement)
+    assert float(poisson.group(1)) == pytest.approx(eps, abs=1e-3)
+
+
+def test_epsilon_equals_dp_accounting_called_directly():
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.3)),
+        70,
+    )
+    direct = dp_accounting.rdp.RdpAccountant().compose(event).get_epsilon(1e-5)
+    assert epsilon(70, 0.1, 1.3, 1e-5) == pytest.approx(direct, rel=1e-12)
+    # microbatches of several examples double the sensitivity: sigma / 2
+    halved = epsilon(70, 0.1, 0.65, 1e-5)
+    assert epsilon(70, 0.1, 1.3, 1e-5, microbatched=True) == halved
+    assert epsilon(0, 0.1, 1.3, 1e-5) == 0.0
+
+
+def dp_model(noise, clip=0.01, optimizer="sgd", lr=1.0):
+    cfg = parse_run_config(
+        {"model": "softmax", "client-optimizer": "sgd", "client-learning-rate": lr}
+    )
+    dp = DpSgdConfig(optimizer, clip, noise, 0, 1e-5, 0.0)
+    key = replace(model_key(cfg, (8, 8, 1), 10), dpsgd=dp)
+    return get_compiled_model(key), cfg, dp
+
+
+def test_per_example_gradients_are_clipped():
+    model, _, _ = dp_model(noise=0.0, clip=0.01, lr=1.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype(np.float32) * 5
+    y = rng.integers(0, 10, 16)
+    before = model.get_weights()
+    model.train_on_batch(x, y)
+    step = np.sqrt(
+        sum(np.sum((a - b) ** 2) for a, b in zip(model.get_weights(), before))
+    )
+    # SGD, lr 1: the step is the mean of per-example gradients clipped to 0.01
+    assert 0 < step <= 0.01 + 1e-6
+
+
+def test_noise_is_added_and_differs_between_runs():
+    model, cfg, dp = dp_model(noise=1.0, clip=1.0, lr=0.1)
+    rng = np.random.default_rng(1)
+    from fl_app.data import ArrayDataset
+
+    data = ArrayDataset(
+        rng.normal(size=(64, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 64)
+    )
+    start = model.get_weights()
+    results = []
+    for _ in range(2):
+        model.set_weights(start)
+        train_local_dp(model, data, cfg.client, dp, np.random.default_rng(7))
+        results.append(model.get_weights())
+    # same data, same batches: only the Gaussian noise differs
+    assert any(not np.array_equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_budget_exhaustion_stops_a_client():
+    base = {"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4}
+    cfg = parse_run_config({**base, "dpsgd": "sgd", "dpsgd-noise-multiplier": 1.0})
+    client = KerasClient(cfg, 0)
+    q = cfg.client.batch_size / len(client.data.train)
+    steps = dp_sgd_steps(len(client.data.train), cfg.client.batch_size, 1)
+    one, two = (epsilon(k * steps, q, 1.0, 1e-5) for k in (1, 2))
+    budget = (one + two) / 2
+    cfg = parse_run_config(
+        {
+            **base,
+            "dpsgd": "sgd",
+            "dpsgd-noise-multiplier": 1.0,
+            "dpsgd-epsilon-budget": budget,
+        }
+    )
+    client = KerasClient(cfg, 0)  # a fresh node state
+    weights = client.get_parameters({})
+    _, n, metrics = client.fit(weights, {"server_round": 1})
+    assert n == len(client.data.train) and metrics["epsilon"] == pytest.approx(one)
+    returned, n, metrics = client.fit(weights, {"server_round": 2})
+    assert n == 0 and "declines to train" in metrics["declined"]
+    assert metrics["epsilon"] == pytest.approx(one)  # nothing more was spent
+    assert all(np.array_equal(a, b) for a, b in zip(returned, weights, strict=True))
+
+
+def test_privacy_combinations_that_cannot_work_fail_clearly():
+    with pytest.raises(ConfigError, match="SecAgg"):
+        parse_run_config({"secagg": True, "strategy": "hetero"})
+    with pytest.raises(ConfigError, match="sparse, quantized or delta"):
+        parse_run_config({"secagg": True, "compression": "sparse"})
+    with pytest.raises(ConfigError, match="server-side"):
+        parse_run_config({"secagg": True, "clientdp": "server-fixed"})
+    with pytest.raises(ConfigError, match="dense full-model"):
+        parse_run_config({"clientdp": "server-fixed", "compression": "int8"})
+    with pytest.raises(ConfigError, match="personalized"):
+        parse_run_config({"dpsgd": "adam", "strategy": "personalized"})
+    assert parse_run_config({"secagg": True, "clientdp": "client-fixed"}).secagg
