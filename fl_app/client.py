@@ -13,7 +13,7 @@ from flwr.common import NDArrays, Scalar
 from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
 from fl_app.compression import ClientCodecs
 from fl_app.config import ConfigError, RunConfig
-from fl_app.data import load_federated_data
+from fl_app.data import load_client_file, load_federated_data
 from fl_app.personalization import (
     PersonalState,
     blend,
@@ -90,6 +90,9 @@ class KerasClient(NumPyClient):
     capacity : float
         The width this client can train (heterogeneous slicing), reported to the
         server through ``get_properties``.
+    data_path : str | None
+        A SuperNode's own ``.npz`` data (see :func:`fl_app.data.load_client_file`)
+        instead of partition ``partition_id`` of the run's dataset.
     """
 
     def __init__(
@@ -98,12 +101,17 @@ class KerasClient(NumPyClient):
         partition_id: int,
         state: RecordDict | None = None,
         capacity: float = 1.0,
+        data_path: str | None = None,
     ) -> None:
         configure_tensorflow()  # before any TensorFlow op of this process
         data = load_federated_data(cfg)
         self.cfg = cfg
         self.partition_id = partition_id
-        self.data = data.clients[partition_id]
+        self.data = (
+            load_client_file(data_path, data.input_shape, data.num_classes)
+            if data_path
+            else data.clients[partition_id]
+        )
         self.key = model_key(cfg, data.input_shape, data.num_classes)
         self.capacity = capacity
         check_image_input(cfg.client.augmentation, data.input_shape)

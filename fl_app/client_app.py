@@ -16,13 +16,33 @@ from fl_app.slicing import assign_capacities
 
 
 def client_fn(context: Context) -> Client:
-    """Build the client for the node's partition from the run and node configs."""
+    """Build the client for the node's data from the run and node configs.
+
+    The node config names either a partition of the run's dataset
+    (``partition-id``, ``num-partitions``) or a file (``data-path``).
+    """
     cfg = parse_run_config(context.run_config)
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
-    check_partition(cfg, partition_id, num_partitions)
+    node = context.node_config
+    data_path = node.get("data-path")
+    if data_path is not None:
+        if not isinstance(data_path, str) or not data_path:
+            raise ConfigError(f"node config data-path={data_path!r}: expected a path")
+        # a stable id for ordering and seeding: the partition id if given
+        partition_id = int(node.get("partition-id", context.node_id % 2**31))
+    else:
+        if "partition-id" not in node or "num-partitions" not in node:
+            raise ConfigError(
+                "node config needs partition-id and num-partitions, or data-path; "
+                f"got {dict(node)}"
+            )
+        partition_id = int(node["partition-id"])
+        check_partition(cfg, partition_id, int(node["num-partitions"]))
     return KerasClient(
-        cfg, partition_id, context.state, node_capacity(cfg, context, partition_id)
+        cfg,
+        partition_id,
+        context.state,
+        node_capacity(cfg, context, partition_id),
+        data_path=data_path,
     ).to_client()
 
 
@@ -41,7 +61,8 @@ def node_capacity(cfg: RunConfig, context: Context, partition_id: int) -> float:
         return float(capacity)
     if cfg.hetero is None:
         return 1.0
-    return assign_capacities(cfg.hetero, cfg.num_clients, cfg.seed)[partition_id]
+    shares = assign_capacities(cfg.hetero, cfg.num_clients, cfg.seed)
+    return shares[partition_id % cfg.num_clients]
 
 
 def privacy_mods(

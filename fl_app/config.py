@@ -255,6 +255,7 @@ class RunConfig:
     hetero: HeteroConfig | None
     output_dir: str
     save_model: bool
+    round_timeout: float
     dataset: DatasetConfig
     partition: PartitionConfig
     model: ModelConfig
@@ -315,6 +316,9 @@ FIELDS: dict[str, _Field] = {
     "strategy-capacities": _Field(str, "1.0:1,0.5:1,0.25:1"),
     "strategy-rolling": _Field(bool, False),
     "strategy-scaler": _Field(bool, True),
+    "round-timeout": _Field(
+        float, 0.0, ">= 0 seconds (0: wait for every sampled client)", _non_negative
+    ),
     "output-dir": _Field(str, ""),
     "save-model": _Field(bool, True),
     "dataset": _Field(str, "digits", choices=DATASETS),
@@ -591,6 +595,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
         else None,
         hetero=hetero,
         output_dir=v["output-dir"],
+        round_timeout=v["round-timeout"],
         save_model=v["save-model"],
         dataset=DatasetConfig(
             name=v["dataset"],

@@ -81,17 +81,28 @@ def _tool(name: str) -> str:
     return found
 
 
-class LocalSuperLink:
-    """A private ``flower-superlink --simulation`` that is stopped with its children."""
+class SuperLinkConnection:
+    """A private ``flwr`` CLI configuration (own ``FLWR_HOME``) for one SuperLink.
 
-    def __init__(self, startup_timeout_s: float = 60.0) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="fl-dnn-flwr-"))
-        self.port = _free_port()
-        self.startup_timeout_s = startup_timeout_s
+    ``root_certificates``: the CA file of a TLS SuperLink; ``None`` connects
+    insecurely. Nothing is started: :class:`LocalSuperLink` starts its own.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        root_certificates: Path | None = None,
+        home: Path | None = None,
+    ) -> None:
+        self.home = home or Path(tempfile.mkdtemp(prefix="fl-dnn-flwr-"))
+        self._address = address
+        self.root_certificates = (
+            Path(root_certificates).resolve() if root_certificates else None
+        )
         self.env = {
             **os.environ,
             "FLWR_HOME": str(self.home),
-            # Offline: never let the SuperLink try `uv sync` for the app.
+            # Offline: never let Flower try `uv sync` for the app.
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
@@ -99,23 +110,82 @@ class LocalSuperLink:
                 [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
             ),
         }
-        self.log_path = self.home / "superlink.log"
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
         """``host:port`` of the SuperLink's Control API."""
-        return f"127.0.0.1:{self.port}"
+        return self._address
 
-    def __enter__(self) -> LocalSuperLink:
+    def write_config(self) -> None:
+        """Write the ``flwr`` CLI connection ``fl-dnn`` into this ``FLWR_HOME``."""
+        security = (
+            f'root-certificates = "{self.root_certificates}"\n'
+            if self.root_certificates
+            else "insecure = true\n"
+        )
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}'
         )
+
+    def cli(
+        self, *args: str, timeout: float | None = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a ``flwr`` CLI command against this SuperLink."""
+        return subprocess.run(
+            [_tool("flwr"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def __enter__(self) -> SuperLinkConnection:
+        self.write_config()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Remove the private ``FLWR_HOME``."""
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class LocalSuperLink(SuperLinkConnection):
+    """A private ``flower-superlink`` that is stopped with its children.
+
+    By default it runs Flower's simulation runtime, insecurely. With
+    ``simulation=False`` it serves real SuperNodes; ``tls`` (a
+    :class:`fl_app.deployment.Credentials`) serves TLS with that server
+    certificate; ``supernode_auth`` admits only registered SuperNodes.
+    """
+
+    def __init__(
+        self,
+        startup_timeout_s: float = 60.0,
+        *,
+        simulation: bool = True,
+        tls: Any = None,
+        supernode_auth: bool = False,
+    ) -> None:
+        port = _free_port()
+        super().__init__(
+            f"127.0.0.1:{port}", root_certificates=tls.ca_cert if tls else None
+        )
+        self.port = port
+        self.startup_timeout_s = startup_timeout_s
+        self.simulation = simulation
+        self.tls = tls
+        self.supernode_auth = supernode_auth
+        self.log_path = self.home / "superlink.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LocalSuperLink:
+        self.write_config()
         command = [
             _tool("flower-superlink"),
-            "--insecure",
-            "--simulation",
             "--isolation",
             "subprocess",
             "--host",
@@ -124,6 +194,21 @@ class LocalSuperLink:
             str(self.port),
             "--disable-runtime-dependency-installation",
         ]
+        if self.simulation:
+            command.append("--simulation")
+        if self.tls is None:
+            command.append("--insecure")
+        else:
+            command += [
+                "--ssl-ca-certfile",
+                str(self.tls.ca_cert),
+                "--ssl-certfile",
+                str(self.tls.server_cert),
+                "--ssl-keyfile",
+                str(self.tls.server_key),
+            ]
+        if self.supernode_auth:
+            command.append("--enable-supernode-auth")
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 command,
@@ -155,8 +240,11 @@ class LocalSuperLink:
                     f"flower-superlink exited with code {self.process.returncode}:\n"
                     f"{self.log_tail()}"
                 )
+            scheme = "http" if self.tls is None else "https"
+            verify = True if self.tls is None else str(self.tls.ca_cert)
             try:
-                if httpx.get(f"http://{self.address}/health", timeout=1.0).is_success:
+                url = f"{scheme}://{self.address}/health"
+                if httpx.get(url, timeout=1.0, verify=verify).is_success:
                     return
             except httpx.HTTPError:
                 pass
@@ -172,19 +260,6 @@ class LocalSuperLink:
             return ""
         return "\n".join(
             self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        )
-
-    def cli(
-        self, *args: str, timeout: float | None = 120
-    ) -> subprocess.CompletedProcess[str]:
-        """Run a ``flwr`` CLI command against this SuperLink."""
-        return subprocess.run(
-            [_tool("flwr"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
         )
 
     def stop(self) -> None:
@@ -243,7 +318,7 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _run_status(link: LocalSuperLink, run_id: int) -> tuple[str, str]:
+def _run_status(link: SuperLinkConnection, run_id: int) -> tuple[str, str]:
     result = link.cli("ls", "--run-id", str(run_id), "--format", "json")
     try:
         runs = json.loads(result.stdout)["runs"]
@@ -294,41 +369,67 @@ def run_simulation(
         When the run cannot be started, fails, or times out; the message holds
         Flower's error and the end of the run's log.
     """
+    federation = (
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}"
+    )
+    if backend_num_cpus is not None:
+        federation += f" init-args-num-cpus={backend_num_cpus}"
+    with LocalSuperLink() as link:
+        return run_app(
+            link,
+            run_config,
+            output_dir=output_dir,
+            federation_config=federation,
+            app_dir=app_dir,
+            timeout_s=timeout_s,
+            echo=echo,
+        )
+
+
+def run_app(
+    link: SuperLinkConnection,
+    run_config: Mapping[str, Any],
+    *,
+    output_dir: Path,
+    federation_config: str | None = None,
+    app_dir: Path = APP_DIR,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> RunOutcome:
+    """Submit the app to ``link`` with ``flwr run --stream`` and wait for its outcome.
+
+    ``federation_config`` is for a simulation SuperLink (``num-supernodes=...``); a
+    deployment's federation is whatever SuperNodes are connected. Raises
+    :class:`FlowerRunError` as :func:`run_simulation` does.
+    """
     echo = echo or (lambda line: print(line, flush=True))
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = {**run_config, "output-dir": str(output_dir)}
-    with LocalSuperLink() as link:
-        config_file = link.home / "run_config.toml"
-        write_toml_table(overrides, config_file)
-        federation = (
-            f"num-supernodes={num_supernodes} "
-            f"client-resources-num-cpus={client_num_cpus}"
+    config_file = link.home / f"run_config_{time.monotonic_ns()}.toml"
+    write_toml_table(overrides, config_file)
+    command = [
+        _tool("flwr"),
+        "run",
+        str(app_dir),
+        CONNECTION,
+        "--run-config",
+        str(config_file),
+        "--stream",
+    ]
+    if federation_config is not None:
+        command += ["--federation-config", federation_config]
+    streamed: list[str] = []
+    run_id = _stream(command, link, streamed, echo, timeout_s)
+    status, details = _run_status(link, run_id)
+    (output_dir / "flower.log").write_text("\n".join(streamed) + "\n")
+    if status != "finished:completed":
+        tail = "\n".join(streamed[-30:])
+        raise FlowerRunError(
+            f"Flower run {run_id} ended as '{status}'"
+            + (f" ({details})" if details else "")
+            + f"; last log lines:\n{tail}"
         )
-        if backend_num_cpus is not None:
-            federation += f" init-args-num-cpus={backend_num_cpus}"
-        command = [
-            _tool("flwr"),
-            "run",
-            str(app_dir),
-            CONNECTION,
-            "--run-config",
-            str(config_file),
-            "--federation-config",
-            federation,
-            "--stream",
-        ]
-        streamed: list[str] = []
-        run_id = _stream(command, link, streamed, echo, timeout_s)
-        status, details = _run_status(link, run_id)
-        (output_dir / "flower.log").write_text("\n".join(streamed) + "\n")
-        if status != "finished:completed":
-            tail = "\n".join(streamed[-30:])
-            raise FlowerRunError(
-                f"Flower run {run_id} ended as '{status}'"
-                + (f" ({details})" if details else "")
-                + f"; last log lines:\n{tail}"
-            )
     summary_path = output_dir / "summary.json"
     if not summary_path.exists():
         raise FlowerRunError(f"run {run_id} completed but wrote no {summary_path}")
@@ -342,7 +443,7 @@ def run_simulation(
 
 def _stream(
     command: list[str],
-    link: LocalSuperLink,
+    link: SuperLinkConnection,
     streamed: list[str],
     echo: Callable[[str], None],
     timeout_s: float | None,

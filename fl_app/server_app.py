@@ -308,7 +308,9 @@ def main(grid: Grid, context: Context) -> None:
 
     legacy = LegacyContext(
         context=context,
-        config=ServerConfig(num_rounds=cfg.num_rounds),
+        config=ServerConfig(
+            num_rounds=cfg.num_rounds, round_timeout=cfg.round_timeout or None
+        ),
         strategy=wrap_client_dp(cfg, strategy),
     )
     DefaultWorkflow(

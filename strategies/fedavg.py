@@ -119,6 +119,21 @@ class FedAvg(FlowerFedAvg):
             f"evaluate {self.evaluate_clients_per_round})"
         )
 
+    # -- sampling ----------------------------------------------------------------------
+    def num_fit_clients(self, num_available_clients: int) -> tuple[int, int]:
+        """Sample ``clients_per_round / num_clients`` of the nodes available now.
+
+        Flower's FedAvg waits for ``min_available_clients`` before sampling, which
+        hangs a deployment forever once a SuperNode dies; the server app checks the
+        federation's size before the first round instead, and later rounds go on
+        with the nodes that are left.
+        """
+        return _sample_size(num_available_clients, self.fraction_fit), 1
+
+    def num_evaluation_clients(self, num_available_clients: int) -> tuple[int, int]:
+        """Sample ``evaluate_clients_per_round / num_clients`` of the nodes left."""
+        return _sample_size(num_available_clients, self.fraction_evaluate), 1
+
     # -- per-round record -------------------------------------------------------------
     def _record(self, server_round: int) -> dict[str, Any]:
         return self._records.setdefault(
@@ -379,6 +394,10 @@ class FedAvg(FlowerFedAvg):
         record["federated_loss"] = loss
         record.update({f"federated_{k}": v for k, v in metrics.items()})
         return loss, metrics
+
+
+def _sample_size(available: int, fraction: float) -> int:
+    return min(max(1, round(available * fraction)), max(available, 1))
 
 
 def _describe(failure: tuple[ClientProxy, FitRes | EvaluateRes] | BaseException) -> str:

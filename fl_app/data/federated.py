@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -128,3 +129,76 @@ def _load(
 def load_federated_data(cfg: RunConfig) -> FederatedData:
     """Return the (process-cached) federated data for a run configuration."""
     return _load(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
+
+
+class DataFileError(ValueError):
+    """A SuperNode's ``data-path`` file is missing or malformed."""
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_client_file(
+    path: str | Path, input_shape: tuple[int, ...], num_classes: int
+) -> ClientData:
+    """Load a SuperNode's own data from an ``.npz`` file, checked against the run.
+
+    The file holds ``x_train``, ``y_train``, ``x_test``, ``y_test``; ``x_*`` of shape
+    ``(n, *input_shape)`` (for ``(h, w, 1)`` images, ``(n, h, w)`` is accepted),
+    ``y_*`` integer labels in ``[0, num_classes)``. ``x_test``/``y_test`` become the
+    node's held-out rows for federated evaluation.
+
+    Raises
+    ------
+    DataFileError
+        Naming the file and what is wrong with it.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataFileError(f"data-path {str(path)!r}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as err:  # zip/format errors come as many types
+        raise DataFileError(
+            f"data-path {str(path)!r}: not a readable .npz ({err})"
+        ) from err
+    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if missing:
+        raise DataFileError(
+            f"data-path {str(path)!r}: missing {', '.join(missing)} "
+            f"(needs {', '.join(NPZ_KEYS)}; has {', '.join(sorted(arrays)) or 'none'})"
+        )
+    splits = []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        where = f"data-path {str(path)!r}"
+        if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(
+            y.dtype, np.integer
+        ):
+            raise DataFileError(
+                f"{where}: x_{split} must be numeric and y_{split} integer labels, "
+                f"got {x.dtype} and {y.dtype}"
+            )
+        if x.shape[1:] != input_shape and x.shape[1:] + (1,) == input_shape:
+            x = x[..., np.newaxis]
+        if x.shape[1:] != input_shape:
+            raise DataFileError(
+                f"{where}: x_{split} has rows of shape {x.shape[1:]}, the run's model "
+                f"takes {input_shape}"
+            )
+        if y.ndim != 1 or len(y) != len(x) or len(x) == 0:
+            raise DataFileError(
+                f"{where}: y_{split} must be 1-D with one label per row of "
+                f"x_{split} ({len(x)} rows, at least one); got shape {y.shape}"
+            )
+        if y.min() < 0 or y.max() >= num_classes:
+            raise DataFileError(
+                f"{where}: y_{split} labels must be in [0, {num_classes}), got "
+                f"{y.min()}..{y.max()}"
+            )
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DataFileError(f"{where}: x_{split} has NaN or infinite values")
+        splits.append(ArrayDataset(x, y.astype(np.int64)))
+    return ClientData(train=splits[0], val=splits[1])

@@ -1,0 +1,154 @@
+"""Central accuracy against ε: DP-SGD FL on two data regimes, and client-level DP.
+
+One invocation runs, each through Flower's simulation runtime (every client every
+round unless said otherwise, federated evaluation off):
+
+- ``synthetic`` IID, 10 clients with 5000 rows each, softmax regression, 20 rounds:
+  non-DP FedAvg and DP-SGD (DP-Adam, two local epochs, clip 0.5) at several noise
+  multipliers;
+- ``digits``, 10 clients (Dirichlet 0.5, 70-230 training rows each), CNN, 20 rounds:
+  non-DP FedAvg and DP-SGD at several noise multipliers;
+- client-level DP: 500 synthetic clients (FedProx-style sizes), 50 per round,
+  Flower's server-side fixed-clipping wrapper, against the same run without DP.
+
+    uv run python benchmarks/bench_privacy.py --out privacy.json
+
+FILE keys: ``rows`` (one per run: dataset, kind, epsilon — the largest per-client
+DP-SGD ε at δ = 1e-5, or the client-level ε — accuracy, settings),
+``synthetic_drop_at_eps8_points`` (non-DP synthetic accuracy minus the most accurate
+DP-SGD synthetic run with ε <= 8, in points) and ``client_level``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fl_app.launcher import run_simulation  # noqa: E402
+
+COMMON = {"save-model": False, "evaluate-clients-per-round": 0, "num-rounds": 20}
+SYNTHETIC = {
+    "dataset": "synthetic",
+    "partition": "natural",
+    "dataset-iid": True,
+    "dataset-samples-per-client": 5000,
+    "model": "softmax",
+    "client-learning-rate": 0.05,
+}
+# Settings from a small search (BENCHMARKS.md): DP-Adam, a larger learning rate, two
+# local epochs per round, clip 0.5.
+SYNTHETIC_DP = {
+    "dpsgd": "adam",
+    "client-learning-rate": 0.1,
+    "client-local-epochs": 2,
+    "dpsgd-l2-norm-clip": 0.5,
+}
+DIGITS_DP = {"dpsgd": "adam", "client-learning-rate": 0.01, "dpsgd-l2-norm-clip": 1.0}
+RUNS: list[tuple[str, str, dict]] = [
+    ("synthetic", "non-dp", {**SYNTHETIC}),
+    *[
+        (
+            "synthetic",
+            "dp-sgd",
+            {**SYNTHETIC, **SYNTHETIC_DP, "dpsgd-noise-multiplier": sigma},
+        )
+        for sigma in (0.9, 1.2, 2.0)
+    ],
+    ("digits", "non-dp", {}),
+    *[
+        ("digits", "dp-sgd", {**DIGITS_DP, "dpsgd-noise-multiplier": sigma})
+        for sigma in (1.0, 2.0)
+    ],
+]
+MANY = {
+    "dataset": "synthetic",
+    "partition": "natural",
+    "dataset-iid": True,
+    "model": "softmax",
+    "client-learning-rate": 0.05,
+    "num-clients": 500,
+    "clients-per-round": 50,
+    "num-rounds": 30,
+}
+CLIENT_LEVEL = [
+    ("synthetic-500", "non-dp", {**MANY}),
+    (
+        "synthetic-500",
+        "client-dp",
+        {
+            **MANY,
+            "clientdp": "server-fixed",
+            "clientdp-noise-multiplier": 1.0,
+            "clientdp-clipping-norm": 1.0,
+        },
+    ),
+]
+
+
+def run(name: str, overrides: dict, workdir: Path) -> dict:
+    config = {**COMMON, **overrides}
+    started = time.perf_counter()
+    outcome = run_simulation(
+        config,
+        output_dir=workdir / name,
+        num_supernodes=config.get("num-clients", 10),
+        echo=lambda line: print(f"[{name}] {line}") if "fl-dnn:" in line else None,
+    )
+    summary = outcome.summary
+    return {
+        "accuracy": summary["final_accuracy"],
+        "epsilon_sample_level_max": summary.get("epsilon_sample_level_max"),
+        "epsilon_client_level": summary.get("epsilon_client_level"),
+        "wall_time_s": time.perf_counter() - started,
+        "config": overrides,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
+        for i, (dataset, kind, overrides) in enumerate(RUNS + CLIENT_LEVEL):
+            result = run(f"{i:02d}-{dataset}-{kind}", overrides, Path(tmp))
+            epsilon = (
+                result["epsilon_client_level"]
+                if kind == "client-dp"
+                else result["epsilon_sample_level_max"]
+            )
+            rows.append(
+                {"dataset": dataset, "kind": kind, "epsilon": epsilon, **result}
+            )
+            print(f"{dataset:14s} {kind:8s} eps {epsilon} acc {result['accuracy']:.4f}")
+    non_dp = next(
+        r for r in rows if r["dataset"] == "synthetic" and r["kind"] == "non-dp"
+    )
+    within = [
+        r
+        for r in rows
+        if r["dataset"] == "synthetic" and r["kind"] == "dp-sgd" and r["epsilon"] <= 8
+    ]
+    best = max(within, key=lambda r: r["accuracy"]) if within else None
+    result = {
+        "rows": rows,
+        "synthetic_drop_at_eps8_points": (
+            100 * (non_dp["accuracy"] - best["accuracy"]) if best else None
+        ),
+        "synthetic_best_at_eps8": best,
+        "client_level": [r for r in rows if r["dataset"] == "synthetic-500"],
+        "delta": 1e-5,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"synthetic_drop_at_eps8_points {result['synthetic_drop_at_eps8_points']}")
+
+
+if __name__ == "__main__":
+    main()
