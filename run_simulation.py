@@ -8,6 +8,10 @@ Each job validates its configuration first (exit code 2 with the offending key o
 bad value), then starts its own SuperLink in simulation mode, submits the app with
 ``flwr run``, streams progress, and leaves its results in the job's output directory.
 A failed Flower run exits with code 1 and Flower's error.
+
+``simulation=deployment simulation.address=HOST:PORT`` submits to a running SuperLink
+instead (its SuperNodes hold the data); ``simulation.root_certificates=CA_FILE`` for
+a TLS SuperLink.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import fl_app  # noqa: F401  (environment for TensorFlow in child processes)
 from fl_app.config import ConfigError, flatten_nested, parse_run_config
-from fl_app.launcher import FlowerRunError, run_simulation
+from fl_app.launcher import (
+    FlowerRunError,
+    SuperLinkConnection,
+    run_app,
+    run_simulation,
+)
 from fl_app.results import append_sweep_row
 
 log = logging.getLogger("run_simulation")
@@ -58,14 +67,27 @@ def main(cfg: DictConfig) -> float:
             print(line, flush=True)
 
     try:
-        outcome = run_simulation(
-            run_config,
-            output_dir=output_dir,
-            num_supernodes=parsed.num_clients,
-            client_num_cpus=sim.client_num_cpus,
-            timeout_s=sim.timeout_s,
-            echo=echo,
-        )
+        if sim.get("address"):  # a deployed SuperLink
+            certificates = sim.get("root_certificates")
+            with SuperLinkConnection(
+                sim.address, Path(certificates) if certificates else None
+            ) as link:
+                outcome = run_app(
+                    link,
+                    run_config,
+                    output_dir=output_dir,
+                    timeout_s=sim.timeout_s,
+                    echo=echo,
+                )
+        else:
+            outcome = run_simulation(
+                run_config,
+                output_dir=output_dir,
+                num_supernodes=parsed.num_clients,
+                client_num_cpus=sim.client_num_cpus,
+                timeout_s=sim.timeout_s,
+                echo=echo,
+            )
     except FlowerRunError as err:
         log.error("%s", err)
         sys.exit(1)

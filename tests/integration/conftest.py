@@ -9,6 +9,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FLOWER_PROCESS_MARKERS = (
     "flower-superlink",
+    "flower-supernode",
+    "flower-superexec",
+    "flwr-clientapp",
     "flwr-simulation",
     "flwr-serverapp",
     "raylet",

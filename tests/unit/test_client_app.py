@@ -35,3 +35,34 @@ def test_node_capacity_full_without_slicing():
 def test_node_capacity_invalid_is_clear(bad):
     with pytest.raises(ConfigError, match="node config capacity"):
         node_capacity(parse_run_config({}), context({"capacity": bad}), 0)
+
+
+def test_client_fn_needs_a_partition_or_a_data_file():
+    from fl_app.client_app import client_fn
+
+    with pytest.raises(ConfigError, match="partition-id and num-partitions, or data"):
+        client_fn(context({"partition-id": 0}))
+
+
+def test_client_fn_reads_a_nodes_own_data_file(tmp_path):
+    import numpy as np
+
+    from fl_app.client_app import client_fn
+    from fl_app.data import DataFileError
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "site.npz"
+    np.savez(
+        path,
+        x_train=rng.random((12, 8, 8, 1), dtype=np.float32),
+        y_train=rng.integers(0, 10, 12),
+        x_test=rng.random((3, 8, 8, 1), dtype=np.float32),
+        y_test=rng.integers(0, 10, 3),
+    )
+    client = client_fn(context({"data-path": str(path)}))
+    _, n, _ = client.numpy_client.fit(
+        client.numpy_client.get_parameters({}), {"server_round": 1}
+    )
+    assert n == 12
+    with pytest.raises(DataFileError, match="no such file"):
+        client_fn(context({"data-path": str(tmp_path / "missing.npz")}))
