@@ -71,14 +71,14 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path, no_leftover_processes)
         killed = threading.Event()
 
         def echo(line: str) -> None:
-            if "fl-dnn: round 1/3" in line and not killed.is_set():
-                killed.set()  # kill node 2 a few seconds into round 2
+            if "fl-dnn: round 1/2" in line and not killed.is_set():
+                killed.set()  # kill node 2 a few seconds into round 2 (the last)
                 threading.Timer(5.0, deployment.kill_node, args=(2,)).start()
 
         outcome = run_app(
             deployment.link,
             {
-                "num-rounds": 3,
+                "num-rounds": 2,
                 "num-clients": 3,
                 "clients-per-round": 3,
                 "evaluate-clients-per-round": 0,
@@ -90,9 +90,8 @@ def test_killed_supernode_does_not_stop_the_run(tmp_path, no_leftover_processes)
             timeout_s=540,
         )
     rows = read_rows(outcome.output_dir)
-    assert killed.is_set() and outcome.summary["rounds"] == 3
+    assert killed.is_set() and outcome.summary["rounds"] == 2
     assert rows[0]["num_failures"] == 0 and len(rows[0]["clients"]) == 3
     # the round the node died in finished with the others; the failure is counted
-    assert sum(row["num_failures"] for row in rows[1:]) >= 1
-    assert outcome.summary["client_failures"] >= 1
-    assert [c["partition_id"] for c in rows[-1]["clients"]] == [0, 1]
+    assert rows[1]["num_failures"] == 1 == outcome.summary["client_failures"]
+    assert [c["partition_id"] for c in rows[1]["clients"]] == [0, 1]
