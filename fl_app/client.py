@@ -166,6 +166,14 @@ class KerasClient(NumPyClient):
             )
         return payload
 
+    def _unchanged(self, received: NDArrays) -> NDArrays:
+        """Encode "no update" (a declined round) without touching the carried error."""
+        if self.codecs is None:
+            return received
+        if self.codecs.delta:
+            return self.codecs.upload.encode([np.zeros_like(w) for w in received])
+        return self.codecs.upload.encode(received)
+
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """Return the weights of a freshly initialised model (seeded by the run)."""
         return get_model_weights(get_compiled_model(self.key, self.cfg.seed), self.key)
@@ -186,7 +194,7 @@ class KerasClient(NumPyClient):
         if self.cfg.dpsgd is not None:
             spent = self._privacy_spent()
             if spent is not None:  # would exceed the budget: decline to train
-                return self._upload(received, received), 0, spent
+                return self._unchanged(received), 0, spent
             metrics = self._train_dp(model, rng, augment)
         else:
             metrics = train_local(model, self.data.train, self.cfg.client, rng, augment)

@@ -83,38 +83,19 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float = NODE_WAIT_S) -> N
 
 
 SIMULATION_PULL_INTERVAL_S = 0.005
-DEPLOYMENT_PULL_INTERVAL_S = 0.2
 
 
 def tune_grid(grid: Grid) -> None:
-    """Poll for replies every 5 ms (simulation) or 0.2 s (deployment).
+    """Poll for replies every 5 ms instead of Flower's 100 ms in simulation.
 
-    ``InMemoryGrid.send_and_receive`` sleeps ``pull_interval`` (100 ms) between polls
-    of its in-memory state; a deployment's ``HttpGrid.send_and_receive`` sleeps a
-    fixed 3 s between pulls. Each round has one or two exchanges, and each waits on
-    average half an interval after the last reply has arrived. The deployment grid
-    gets the same send-and-receive built on its public ``push_messages`` and
-    ``pull_messages`` with a shorter interval.
+    ``InMemoryGrid.send_and_receive`` sleeps ``pull_interval`` between polls of its
+    in-memory state, so each of a round's two exchanges (fit, evaluate) waits on
+    average half an interval after the last reply has arrived.
     """
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
     if isinstance(grid, InMemoryGrid):
         grid.pull_interval = SIMULATION_PULL_INTERVAL_S
-        return
-
-    def send_and_receive(messages, *, timeout=None):
-        pending = set(grid.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies = []
-        while pending and (deadline is None or time.monotonic() < deadline):
-            received = list(grid.pull_messages(pending))
-            replies.extend(received)
-            pending -= {m.metadata.reply_to_message_id for m in received}
-            if pending:
-                time.sleep(DEPLOYMENT_PULL_INTERVAL_S)
-        return replies
-
-    grid.send_and_receive = send_and_receive  # type: ignore[method-assign]
 
 
 def _log_to_console() -> None:
