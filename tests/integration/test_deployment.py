@@ -50,7 +50,7 @@ def test_tls_authenticated_deployment_runs_and_refuses_unregistered_node(
                 "num_clients=2",
                 "clients_per_round=2",
                 "evaluate_clients_per_round=0",
-                "num_rounds=1",
+                "num_rounds=2",
             ],
             tmp_path,
         )
@@ -58,8 +58,8 @@ def test_tls_authenticated_deployment_runs_and_refuses_unregistered_node(
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
     rows = read_rows(out)
-    assert summary["rounds"] == 1 and 0 < summary["final_accuracy"] <= 1
-    assert [len(row["clients"]) for row in rows] == [2]
+    assert summary["rounds"] == 2 and 0 < summary["final_accuracy"] <= 1
+    assert [len(row["clients"]) for row in rows] == [2, 2]
     # the file node trained on its 40 rows
     assert sorted(c["num_examples"] for c in rows[0]["clients"])[0] == 40
     assert (out / "accuracy_loss.png").stat().st_size > 0
