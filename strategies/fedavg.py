@@ -176,9 +176,10 @@ class FedAvg(FlowerFedAvg):
         """Return and forget the record of a finished round.
 
         Keys: ``round``, ``wall_time_s``, ``bytes_up``, ``bytes_down``,
-        ``num_failures``, ``num_rejected``, the aggregated fit metrics
-        (``train_loss``, ``train_accuracy``), ``central_loss``/``central_accuracy``,
-        ``federated_loss``/``federated_accuracy`` where evaluated, and ``clients``
+        ``num_failures``, ``num_rejected``, ``num_declined``, ``sparsity``
+        (pruning), the aggregated fit metrics (``train_loss``, ``train_accuracy``),
+        ``central_loss``/``central_accuracy``, ``federated_loss``/
+        ``federated_accuracy`` where evaluated, and ``clients``
         (one dict per client, ordered by partition id).
         """
         self._record(server_round)  # a round may have produced nothing to record

@@ -185,3 +185,18 @@ def test_personalized_fedavg_averages_shared_keeps_local():
     record = strategy.pop_round_record(1)
     sizes = {c["partition_id"]: c["bytes_up"] for c in record["clients"]}
     assert sizes[0] == sizes[1] < sizes[2]
+
+
+def test_sampling_goes_on_with_the_nodes_left():
+    strategy = FedAvg(
+        num_clients=10,
+        clients_per_round=7,
+        evaluate_clients_per_round=3,
+        initial_parameters=ndarrays_to_parameters(global_model()),
+    )
+    # all nodes up: exactly the configured counts (no float truncation: 10 * 0.7)
+    assert strategy.num_fit_clients(10) == (7, 1)
+    assert strategy.num_evaluation_clients(10) == (3, 1)
+    # two nodes died: the same fraction of those left, never waiting for all ten
+    assert strategy.num_fit_clients(8) == (6, 1)
+    assert strategy.num_evaluation_clients(1) == (1, 1)
