@@ -259,11 +259,16 @@ def test_secagg_plus_gives_fedavgs_aggregate_within_quantization_error(
     assert 0 < diff.max() <= bound
 
 
-def test_dp_sgd_and_client_level_dp_report_epsilon(tmp_path, no_leftover_processes):
+def test_dp_sgd_and_client_side_dp_under_secagg_report_epsilon(
+    tmp_path, no_leftover_processes
+):
     result = run_entry(
         [
-            *TINY,
+            "num_clients=3",
+            "clients_per_round=3",
+            "evaluate_clients_per_round=0",
             "num_rounds=2",
+            "secagg=enabled",
             "dpsgd=sgd",
             "client.learning_rate=0.1",
             "clientdp=client_fixed",
