@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import progress_echo  # noqa: E402
+
 from fl_app.deployment import LocalDeployment, make_credentials  # noqa: E402
 from fl_app.launcher import run_app, run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
@@ -52,10 +54,6 @@ def figures(output_dir: Path, summary: dict) -> dict:
     }
 
 
-def echo(name: str):
-    return lambda line: print(f"[{name}] {line}") if "fl-dnn:" in line else None
-
-
 def main() -> None:
     """Run the four variants and write the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -77,12 +75,15 @@ def main() -> None:
                     deployment.link,
                     {**CONFIG, **extra},
                     output_dir=tmp / name,
-                    echo=echo(name),
+                    echo=progress_echo(name),
                     timeout_s=900,
                 )
             runs[name] = figures(outcome.output_dir, outcome.summary)
         outcome = run_simulation(
-            CONFIG, output_dir=tmp / "simulation", num_supernodes=2, echo=echo("sim")
+            CONFIG,
+            output_dir=tmp / "simulation",
+            num_supernodes=2,
+            echo=progress_echo("sim"),
         )
         runs["simulation"] = figures(outcome.output_dir, outcome.summary)
     result = {

@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import progress_echo  # noqa: E402
+
 from fl_app.launcher import run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
 
@@ -64,7 +66,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
         config,
         output_dir=workdir / name,
         num_supernodes=10,
-        echo=lambda line: print(f"[{name}] {line}") if "fl-dnn:" in line else None,
+        echo=progress_echo(name),
     )
     rows = read_rows(outcome.output_dir)
     by_width: dict[str, list[int]] = {}

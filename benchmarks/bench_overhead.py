@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import progress_echo  # noqa: E402
+
 from fl_app.config import parse_run_config  # noqa: E402
 from fl_app.launcher import run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
@@ -46,7 +48,7 @@ def fl_round_time(run_config: dict, workdir: Path, name: str, warmup: int) -> di
         run_config,
         output_dir=workdir / name,
         num_supernodes=run_config["num-clients"],
-        echo=lambda line: print(line) if "fl-dnn:" in line else None,
+        echo=progress_echo(),
     )
     median, times = steady_round_s(outcome.output_dir, warmup)
     return {

@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import progress_echo  # noqa: E402
+
 from fl_app.launcher import run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
 
@@ -53,7 +55,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
         config,
         output_dir=workdir / name,
         num_supernodes=10,
-        echo=lambda line: print(f"[{name}] {line}") if "fl-dnn:" in line else None,
+        echo=progress_echo(name),
     )
     last = read_rows(outcome.output_dir)[-1]
     return {

@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import progress_echo  # noqa: E402
+
 from fl_app.launcher import run_simulation  # noqa: E402
 
 COMMON = {"save-model": False, "evaluate-clients-per-round": 0, "num-rounds": 20}
@@ -98,7 +100,7 @@ def run(name: str, overrides: dict, workdir: Path) -> dict:
         config,
         output_dir=workdir / name,
         num_supernodes=config.get("num-clients", 10),
-        echo=lambda line: print(f"[{name}] {line}") if "fl-dnn:" in line else None,
+        echo=progress_echo(name),
     )
     summary = outcome.summary
     return {

@@ -32,6 +32,7 @@ from fl_app.training import (
     set_model_weights,
     train_local,
     train_local_dp,
+    weight_shapes,
 )
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,9 @@ class KerasClient(NumPyClient):
     ) -> NDArrays:
         """Decode what the server sent (if coded), set it into ``model``, return it."""
         if self.codecs is not None:
-            shapes = [w.shape for w in get_model_weights(model, key)]
-            parameters = self.codecs.decode_download(parameters, shapes)
+            parameters = self.codecs.decode_download(
+                parameters, weight_shapes(model, key)
+            )
         set_model_weights(model, key, parameters)
         return parameters
 

@@ -101,13 +101,38 @@ def read_rows(output_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Plot accuracy and loss per round (central and federated) to a PNG."""
+def _pyplot():
+    """Return ``matplotlib.pyplot`` on the file-only Agg backend (imported lazily)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_accuracy_against(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float], str]],
+    xlabel: str,
+    path: Path,
+) -> None:
+    """Plot central accuracy against one quantity: ``{label: (x, y, style)}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (x, y, style) in series.items():
+        ax.plot(x, y, style, markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("central accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Plot accuracy and loss per round (central and federated) to a PNG."""
+    plt = _pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     rounds = [row["round"] for row in rows]
     for prefix, style in (("central", "-o"), ("federated", "--s"), ("train", ":^")):
@@ -133,24 +158,17 @@ def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 def plot_accuracy_vs_bytes(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Plot central accuracy against cumulative bytes (up, and up + down) to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     up = np.cumsum([row.get("bytes_up", 0) for row in rows]) / 1e6
     total = up + np.cumsum([row.get("bytes_down", 0) for row in rows]) / 1e6
     accuracy = [row.get("central_accuracy", math.nan) for row in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(up, accuracy, "-o", markersize=3, label="bytes up")
-    ax.plot(total, accuracy, "--s", markersize=3, label="bytes up + down")
-    ax.set_xlabel("cumulative MB")
-    ax.set_ylabel("central accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plot_accuracy_against(
+        {
+            "bytes up": (up, accuracy, "-o"),
+            "bytes up + down": (total, accuracy, "--s"),
+        },
+        "cumulative MB",
+        path,
+    )
 
 
 def plot_accuracy_vs_epsilon(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -166,22 +184,14 @@ def plot_accuracy_vs_epsilon(rows: Sequence[Mapping[str, Any]], path: Path) -> N
     series = {label: points for label, points in series.items() if points}
     if not series:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in series.items():
-        eps, accuracy = zip(*points, strict=True)
-        ax.plot(eps, accuracy, "-o", markersize=3, label=label)
-    ax.set_xlabel("ε (cumulative)")
-    ax.set_ylabel("central accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plot_accuracy_against(
+        {
+            label: ([e for e, _ in points], [a for _, a in points], "-o")
+            for label, points in series.items()
+        },
+        "ε (cumulative)",
+        path,
+    )
 
 
 SWEEP_FILE = "comparison.md"
@@ -221,11 +231,7 @@ def append_sweep_row(
 
 def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Bar chart of each sweep job's final central accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     labels = [row["overrides"] for row in rows]
     values = [row.get("final_accuracy") or 0.0 for row in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 2), 4))

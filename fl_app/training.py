@@ -203,9 +203,21 @@ def get_model_weights(model: keras.Model, key: ModelKey) -> list[np.ndarray]:
     return model.get_weights()
 
 
+_SHAPES: dict[ModelKey, list[tuple[int, ...]]] = {}
+
+
+def weight_shapes(model: keras.Model, key: ModelKey) -> list[tuple[int, ...]]:
+    """Return the shapes of ``model``'s plain arrays, worked out once per key."""
+    shapes = _SHAPES.get(key)
+    if shapes is None:
+        shapes = _SHAPES[key] = [w.shape for w in get_model_weights(model, key)]
+    return shapes
+
+
 def clear_model_cache() -> None:
     """Drop every cached model (used by tests and benchmarks)."""
     _MODEL_CACHE.clear()
+    _SHAPES.clear()
     keras.backend.clear_session()
 
 

@@ -202,7 +202,7 @@ class FedAvg(FlowerFedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Sample clients, send each its (encoded) model and count the bytes sent."""
         self._global = parameters_to_ndarrays(parameters)
-        parameters = self._encode_download(parameters)
+        parameters = self._encode_download(parameters, self._global)
         instructions = []
         for proxy, ins in super().configure_fit(
             server_round, parameters, client_manager
@@ -212,14 +212,18 @@ class FedAvg(FlowerFedAvg):
         self._count_download(server_round, instructions)
         return instructions
 
-    def _encode_download(self, parameters: Parameters) -> Parameters:
-        """Encode the global model for download; remember what clients decode."""
+    def _encode_download(
+        self, parameters: Parameters, weights: NDArrays | None = None
+    ) -> Parameters:
+        """Encode the global model for download; remember what clients decode.
+
+        ``weights``: ``parameters`` already deserialized, if the caller has them.
+        """
+        if weights is None:
+            weights = parameters_to_ndarrays(parameters)
+        payload, self._reference = self.transport.send(weights)
         if self.transport.download is None:
-            self._reference = parameters_to_ndarrays(parameters)
             return parameters
-        payload, self._reference = self.transport.send(
-            parameters_to_ndarrays(parameters)
-        )
         return ndarrays_to_parameters(payload)
 
     def _count_download(
