@@ -12,7 +12,7 @@ from flwr.common import NDArrays, Scalar
 
 from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
 from fl_app.compression import ClientCodecs
-from fl_app.config import ConfigError, RunConfig
+from fl_app.config import ClientConfig, ConfigError, RunConfig
 from fl_app.data import load_client_file, load_federated_data
 from fl_app.personalization import (
     PersonalState,
@@ -189,17 +189,18 @@ class KerasClient(NumPyClient):
         augment = make_augmenter(
             self.cfg.client.augmentation, int(rng.integers(2**31 - 1))
         )
+        train_cfg = self.cfg.client.at_round(server_round)
         if self.personal is not None:
-            return self._fit_personalized(parameters, rng, augment)
+            return self._fit_personalized(parameters, train_cfg, rng, augment)
         model, key = self._model(config)
         received = self._load(model, key, parameters)
         if self.cfg.dpsgd is not None:
             spent = self._privacy_spent()
             if spent is not None:  # would exceed the budget: decline to train
                 return self._unchanged(received), 0, spent
-            metrics = self._train_dp(model, rng, augment)
+            metrics = self._train_dp(model, train_cfg, rng, augment)
         else:
-            metrics = train_local(model, self.data.train, self.cfg.client, rng, augment)
+            metrics = train_local(model, self.data.train, train_cfg, rng, augment)
         if "width" in config:
             metrics["width"] = float(config["width"])
         return (
@@ -249,14 +250,18 @@ class KerasClient(NumPyClient):
         }
 
     def _train_dp(
-        self, model: keras.Model, rng: np.random.Generator, augment: Augmenter | None
+        self,
+        model: keras.Model,
+        train_cfg: ClientConfig,
+        rng: np.random.Generator,
+        augment: Augmenter | None,
     ) -> dict[str, Scalar]:
         """DP-SGD local training; account the steps in the node state, report ε."""
         from fl_app.privacy import dp_sgd_steps
 
         metrics: dict[str, Scalar] = dict(
             train_local_dp(
-                model, self.data.train, self.cfg.client, self.cfg.dpsgd, rng, augment
+                model, self.data.train, train_cfg, self.cfg.dpsgd, rng, augment
             )
         )
         steps = self._steps_taken() + dp_sgd_steps(
@@ -271,6 +276,7 @@ class KerasClient(NumPyClient):
     def _fit_personalized(
         self,
         parameters: NDArrays,
+        train_cfg: ClientConfig,
         rng: np.random.Generator,
         augment: Augmenter | None,
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
@@ -280,7 +286,7 @@ class KerasClient(NumPyClient):
         if local is None:  # first round: the local model starts as the global one
             local, alpha = [w.copy() for w in parameters], pcfg.alpha
         result = trainer.train(
-            parameters, local, alpha, self.data.train, self.cfg.client, rng, augment
+            parameters, local, alpha, self.data.train, train_cfg, rng, augment
         )
         self.personal.save(result.local_weights, result.alpha)
         metrics: dict[str, Scalar] = {

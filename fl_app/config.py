@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 DATASETS = ("digits", "synthetic", "mnist", "cifar10")
@@ -154,6 +154,17 @@ class ClientConfig:
     # HeteroFL's masking trick: the training loss is the cross-entropy of the softmax
     # restricted to the classes present in the client's data.
     label_mask: bool = False
+    # Round r trains at learning_rate * learning_rate_decay ** (r - 1).
+    learning_rate_decay: float = 1.0
+
+    def at_round(self, server_round: int) -> ClientConfig:
+        """Return this config with the learning rate of round ``server_round``."""
+        if self.learning_rate_decay == 1.0:
+            return self
+        rate = self.learning_rate * self.learning_rate_decay ** (
+            max(server_round, 1) - 1
+        )
+        return replace(self, learning_rate=rate)
 
 
 @dataclass(frozen=True)
@@ -341,6 +352,9 @@ FIELDS: dict[str, _Field] = {
     "client-local-epochs": _Field(int, 1, ">= 1", _positive),
     "client-batch-size": _Field(int, 32, ">= 1", _positive),
     "client-learning-rate": _Field(float, 0.005, "> 0", _positive),
+    "client-learning-rate-decay": _Field(
+        float, 1.0, "0 < value <= 1", lambda v: 0 < v <= 1
+    ),
     "client-optimizer": _Field(str, "adam", choices=OPTIMIZERS),
     "client-model-cache": _Field(bool, True),
     "client-label-mask": _Field(bool, False),
@@ -619,6 +633,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             local_epochs=v["client-local-epochs"],
             batch_size=v["client-batch-size"],
             learning_rate=v["client-learning-rate"],
+            learning_rate_decay=v["client-learning-rate-decay"],
             optimizer=v["client-optimizer"],
             model_cache=v["client-model-cache"],
             augmentation=augmentation,

@@ -218,8 +218,8 @@ class PersonalTrainer:
         self.global_model.set_weights(global_weights)
         self.local_model.set_weights(local_weights)
         self.alpha.assign(alpha)
-        reset_optimizer(self.w_optimizer)
-        reset_optimizer(self.v_optimizer)
+        reset_optimizer(self.w_optimizer, cfg.learning_rate)
+        reset_optimizer(self.v_optimizer, cfg.learning_rate)
         loss_sum = correct = 0.0
         for _ in range(cfg.local_epochs):
             order = rng.permutation(len(data))

@@ -221,13 +221,21 @@ def clear_model_cache() -> None:
     keras.backend.clear_session()
 
 
-def reset_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
-    """Zero an optimizer's state (step count, moments) so no client inherits it."""
+def reset_optimizer(
+    optimizer: keras.optimizers.Optimizer, learning_rate: float | None = None
+) -> None:
+    """Zero an optimizer's state (step count, moments) so no client inherits it.
+
+    ``learning_rate``, if given, becomes the optimizer's rate (a variable the compiled
+    step reads, in Keras and in the legacy optimizers alike, so nothing retraces).
+    """
     variables = optimizer.variables
     if callable(variables):  # legacy optimizers (tensorflow-privacy's DP ones)
         variables = variables()
     for variable in variables:
         variable.assign(tf.zeros_like(variable))
+    if learning_rate is not None:
+        optimizer.learning_rate = learning_rate
 
 
 def train_local(
@@ -243,7 +251,7 @@ def train_local(
     transforms each training batch. With ``cfg.label_mask`` the loss covers only the
     classes in ``data``. Returns the loss and accuracy of the last epoch.
     """
-    reset_optimizer(model.optimizer)
+    reset_optimizer(model.optimizer, cfg.learning_rate)
     mask = label_mask_of(model)
     if mask is not None:
         mask.set_classes(data.y)
@@ -278,7 +286,7 @@ def train_local_dp(
     """
     from fl_app.privacy import dp_sgd_steps, poisson_batches
 
-    reset_optimizer(model.optimizer)
+    reset_optimizer(model.optimizer, cfg.learning_rate)
     q = min(cfg.batch_size / len(data), 1.0)
     steps = dp_sgd_steps(len(data), cfg.batch_size, cfg.local_epochs)
     mask = label_mask_of(model)

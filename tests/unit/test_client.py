@@ -57,6 +57,41 @@ def test_client_optimizer_state_reset_before_training():
     assert int(model.optimizer.iterations.numpy()) == iterations_after_one_fit
 
 
+@pytest.mark.parametrize("dpsgd", ["none", "sgd"])
+def test_client_trains_at_the_decayed_learning_rate_of_the_round(dpsgd):
+    # Plain SGD (Keras) or DP-SGD without noise (tensorflow-privacy's legacy
+    # optimizer), one full-batch step per round: the step from the same weights
+    # scales with the round's rate, 0.1 * 0.5**(r - 1).
+    cfg = parse_run_config(
+        {
+            "num-clients": 4,
+            "clients-per-round": 4,
+            "evaluate-clients-per-round": 4,
+            "model": "softmax",
+            "client-optimizer": "sgd",
+            "client-learning-rate": 0.1,
+            "client-learning-rate-decay": 0.5,
+            "client-batch-size": 1000,
+            "dpsgd": dpsgd,
+            "dpsgd-noise-multiplier": 1e-9,
+            "dpsgd-l2-norm-clip": 1e3,
+        }
+    )
+    client = KerasClient(cfg, 0)
+    weights = client.get_parameters({})
+
+    def step(server_round):
+        new, _, _ = client.fit(weights, {"server_round": server_round})
+        return np.concatenate([(a - b).ravel() for a, b in zip(new, weights)])
+
+    first, third, first_again = step(1), step(3), step(1)
+    model = get_compiled_model(client.key)
+    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(0.1)
+    assert np.abs(first).max() > 0
+    np.testing.assert_allclose(third, first / 4, rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(first_again, first, rtol=1e-3, atol=1e-7)
+
+
 def test_client_evaluate_on_validation_rows():
     client = KerasClient(CFG, 2)
     loss, n, metrics = client.evaluate(client.get_parameters({}), {})

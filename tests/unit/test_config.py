@@ -132,6 +132,11 @@ def test_config_experiment_synthetic_iid_is_valid():
             ["'client-learning-rate'", "expected float"],
         ),
         ({"save-model": 1}, ["'save-model'", "expected bool"]),
+        (
+            {"client-learning-rate-decay": 0},
+            ["'client-learning-rate-decay'", "0 < value <= 1"],
+        ),
+        ({"client-learning-rate-decay": 1.2}, ["'client-learning-rate-decay'", "1.2"]),
         ({"model-width": 1.5}, ["'model-width'", "1.5", "0 < value <= 1"]),
         ({"dataset-val-fraction": 0.9}, ["'dataset-val-fraction'", "0.9"]),
         ({"dataset": "synthetic"}, ["'partition'", "natural"]),
@@ -171,6 +176,18 @@ def test_config_invalid_value_names_key_value_and_allowed(overrides, fragments):
         parse_run_config(overrides)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+def test_client_learning_rate_decays_per_round():
+    client = parse_run_config(
+        {"client-learning-rate": 0.2, "client-learning-rate-decay": 0.5}
+    ).client
+    assert client.at_round(1).learning_rate == 0.2
+    assert client.at_round(3).learning_rate == pytest.approx(0.05)  # 0.2 * 0.5**2
+    assert client.at_round(0).learning_rate == 0.2  # no round sent: the first
+    assert client.at_round(3).local_epochs == client.local_epochs
+    constant = parse_run_config({}).client
+    assert constant.at_round(7) is constant
 
 
 def test_config_int_accepted_for_float():
