@@ -22,6 +22,7 @@ from fl_app.personalization import (
     strip_local,
     weight_alphas,
 )
+from fl_app.slicing import partition_capacity
 from fl_app.training import (
     ModelKey,
     configure_tensorflow,
@@ -88,9 +89,10 @@ class KerasClient(NumPyClient):
     state : RecordDict | None
         The node's persistent state (``context.state``); personalization keeps the
         client's local model and alpha there.
-    capacity : float
+    capacity : float | None
         The width this client can train (heterogeneous slicing), reported to the
-        server through ``get_properties``.
+        server through ``get_properties``; ``None``: the partition's share of
+        ``strategy-capacities`` in the round the server names (``strategy-dynamic``).
     data_path : str | None
         A SuperNode's own ``.npz`` data (see :func:`fl_app.data.load_client_file`)
         instead of partition ``partition_id`` of the run's dataset.
@@ -101,7 +103,7 @@ class KerasClient(NumPyClient):
         cfg: RunConfig,
         partition_id: int,
         state: RecordDict | None = None,
-        capacity: float = 1.0,
+        capacity: float | None = 1.0,
         data_path: str | None = None,
     ) -> None:
         configure_tensorflow()  # before any TensorFlow op of this process
@@ -130,8 +132,12 @@ class KerasClient(NumPyClient):
         )
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        """Report this client's capacity and partition."""
-        return {"capacity": self.capacity, "partition_id": self.partition_id}
+        """Report this client's capacity (in round ``server_round``) and partition."""
+        capacity = self.capacity
+        if capacity is None:
+            server_round = int(config.get("server_round", 0))
+            capacity = partition_capacity(self.cfg, self.partition_id, server_round)
+        return {"capacity": capacity, "partition_id": self.partition_id}
 
     def _model(self, config: dict[str, Scalar]) -> tuple[keras.Model, ModelKey]:
         """Return the cached model at the width the server sliced (default: full)."""

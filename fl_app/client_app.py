@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client import KerasClient, check_partition
 from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.slicing import assign_capacities
+from fl_app.slicing import partition_capacity
 
 
 def client_fn(context: Context) -> Client:
@@ -46,11 +46,12 @@ def client_fn(context: Context) -> Client:
     ).to_client()
 
 
-def node_capacity(cfg: RunConfig, context: Context, partition_id: int) -> float:
+def node_capacity(cfg: RunConfig, context: Context, partition_id: int) -> float | None:
     """Return the node's width for heterogeneous slicing.
 
     ``capacity`` in the node config (deployment) wins; else the partition's share of
-    ``strategy-capacities`` (simulation); else 1.
+    ``strategy-capacities`` (simulation; ``None`` with ``strategy-dynamic``: the client
+    draws it per round); else 1.
     """
     if "capacity" in context.node_config:
         capacity = context.node_config["capacity"]
@@ -61,8 +62,9 @@ def node_capacity(cfg: RunConfig, context: Context, partition_id: int) -> float:
         return float(capacity)
     if cfg.hetero is None:
         return 1.0
-    shares = assign_capacities(cfg.hetero, cfg.num_clients, cfg.seed)
-    return shares[partition_id % cfg.num_clients]
+    if cfg.hetero.dynamic:
+        return None
+    return partition_capacity(cfg, partition_id, 0)
 
 
 def privacy_mods(

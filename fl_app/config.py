@@ -132,6 +132,9 @@ class HeteroConfig:
     capacities: tuple[tuple[float, float], ...]
     rolling: bool
     scaler: bool  # HeteroFL's training-time 1/width scaler on narrow clients
+    # HeteroFL's "dynamic" setting: the assignment of capacities to clients is drawn
+    # anew every round (same shares), as for devices whose free compute varies.
+    dynamic: bool = False
 
     @property
     def widths(self) -> list[float]:
@@ -327,6 +330,7 @@ FIELDS: dict[str, _Field] = {
     "strategy-capacities": _Field(str, "1.0:1,0.5:1,0.25:1"),
     "strategy-rolling": _Field(bool, False),
     "strategy-scaler": _Field(bool, True),
+    "strategy-dynamic": _Field(bool, False),
     "round-timeout": _Field(
         float, 0.0, ">= 0 seconds (0: wait for every sampled client)", _non_negative
     ),
@@ -552,6 +556,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             _parse_capacities(v["strategy-capacities"]),
             v["strategy-rolling"],
             v["strategy-scaler"],
+            v["strategy-dynamic"],
         )
         if v["model-width"] != 1.0:
             raise _fail(

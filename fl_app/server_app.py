@@ -147,6 +147,7 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
             full_sizes=full_sizes,
             sizes_by_width=sizes_by_width(full_sizes, cfg.hetero.widths),
             rolling=cfg.hetero.rolling,
+            dynamic=cfg.hetero.dynamic,
             **kwargs,
         )
     if cfg.personalization is None:

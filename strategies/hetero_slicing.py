@@ -170,6 +170,9 @@ class HeteroSlicingFedAvg(FedAvg):
         the model builder's own width rule).
     rolling : bool
         Roll the windows every round (FedRolex) instead of keeping them at 0.
+    dynamic : bool
+        Ask every node its capacity every round (HeteroFL's dynamic setting, where
+        the capacities move between clients) instead of once.
     **kwargs
         As for :class:`strategies.fedavg.FedAvg`.
     """
@@ -181,6 +184,7 @@ class HeteroSlicingFedAvg(FedAvg):
         full_sizes: Mapping[str, int],
         sizes_by_width: Mapping[float, Mapping[str, int]],
         rolling: bool = False,
+        dynamic: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -188,7 +192,9 @@ class HeteroSlicingFedAvg(FedAvg):
         self.full_sizes = dict(full_sizes)
         self.sizes_by_width = {float(w): dict(s) for w, s in sizes_by_width.items()}
         self.rolling = rolling
+        self.dynamic = dynamic
         self.capacities: dict[int, float] = {}
+        self._capacities_round = 0  # the round ``capacities`` holds (dynamic)
         self._sent: dict[int, dict[str, np.ndarray]] = {}
         # Fail now, not in round 1, if the layout does not fit the model.
         full_windows = make_windows(self.full_sizes, self.full_sizes)
@@ -196,6 +202,8 @@ class HeteroSlicingFedAvg(FedAvg):
 
     def __repr__(self) -> str:
         mode = "FedRolex" if self.rolling else "HeteroFL"
+        if self.dynamic:
+            mode += ", dynamic"
         return f"HeteroSlicingFedAvg({mode}, widths {sorted(self.sizes_by_width)})"
 
     def _windows(self, width: float, server_round: int) -> dict[str, np.ndarray]:
@@ -204,9 +212,16 @@ class HeteroSlicingFedAvg(FedAvg):
         )
 
     def capacity(self, proxy: ClientProxy, server_round: int) -> float:
-        """Return the client's capacity, asked once and remembered per node."""
+        """Return the client's capacity, asked once and remembered per node.
+
+        Dynamic: asked again in every round (once for its fit and evaluation).
+        """
+        if self.dynamic and server_round != self._capacities_round:
+            self.capacities.clear()
+            self._capacities_round = server_round
         if proxy.node_id not in self.capacities:
-            res = proxy.get_properties(GetPropertiesIns({}), None, server_round)
+            ins = GetPropertiesIns({"server_round": server_round})
+            res = proxy.get_properties(ins, None, server_round)
             width = float(res.properties.get("capacity", 1.0))
             if width not in self.sizes_by_width:
                 raise ValueError(

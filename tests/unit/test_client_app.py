@@ -27,6 +27,27 @@ def test_node_capacity_from_configured_shares_in_simulation():
     assert node_capacity(cfg, context({"partition-id": 3}), 3) == expected
 
 
+def test_dynamic_capacities_move_between_rounds_in_equal_shares():
+    from collections import Counter
+
+    from fl_app.client import KerasClient
+
+    cfg = parse_run_config({"strategy": "hetero", "strategy-dynamic": True})
+    assert node_capacity(cfg, context({"partition-id": 3}), 3) is None
+    # a node's own capacity stays fixed even in dynamic mode
+    assert node_capacity(cfg, context({"capacity": 0.5}), 3) == 0.5
+    clients = [KerasClient(cfg, pid, capacity=None) for pid in range(10)]
+    by_round = [
+        [c.get_properties({"server_round": r})["capacity"] for c in clients]
+        for r in (1, 2, 3)
+    ]
+    for widths in by_round:  # 10 clients in thirds: 4/3/3 by largest remainder
+        assert sorted(Counter(widths).values()) == [3, 3, 4]
+    assert by_round[0] != by_round[1] != by_round[2]
+    # seeded by (seed, round): asked again, the same answer
+    assert clients[0].get_properties({"server_round": 2})["capacity"] == by_round[1][0]
+
+
 def test_node_capacity_full_without_slicing():
     assert node_capacity(parse_run_config({}), context({}), 0) == 1.0
 

@@ -116,9 +116,20 @@ def test_rolling_windows_cover_every_unit_over_rounds():
 class FakeProxy:
     node_id: int
     capacity: float
+    asked: int = 0
 
     def get_properties(self, ins, timeout, group_id):
+        self.asked += 1
         return GetPropertiesRes(OK, {"capacity": self.capacity})
+
+
+class RoundProxy(FakeProxy):
+    """A node whose capacity depends on the round it is asked about."""
+
+    def get_properties(self, ins, timeout, group_id):
+        self.asked += 1
+        width = 1.0 if ins.config["server_round"] % 2 else 0.5
+        return GetPropertiesRes(OK, {"capacity": width})
 
 
 class FakeManager:
@@ -132,12 +143,13 @@ class FakeManager:
         return self.proxies[:num_clients]
 
 
-def make_strategy(rolling=False):
+def make_strategy(rolling=False, dynamic=False):
     return HeteroSlicingFedAvg(
         layout=LAYOUT,
         full_sizes=FULL,
         sizes_by_width={1.0: {"h": 4}, 0.5: {"h": 2}},
         rolling=rolling,
+        dynamic=dynamic,
         num_clients=2,
         clients_per_round=2,
         evaluate_clients_per_round=0,
@@ -181,6 +193,21 @@ def test_strategy_sends_each_client_its_slice_and_scatters_back():
     # units 0-1 averaged over both clients (0 and 1 -> 0.5); units 2-3 only client 1
     np.testing.assert_array_equal(bias, [0.5, 0.5, 0.0, 0.0])
     assert metrics["num_rejected"] == 0
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_strategy_asks_capacity_once_or_every_round(dynamic):
+    strategy = make_strategy(dynamic=dynamic)
+    proxies = [RoundProxy(1, 0.0), RoundProxy(2, 0.0)]
+    widths = []
+    for server_round in (1, 2, 3):
+        for _ in range(2):  # fit and evaluation in one round: asked at most once
+            instructions = strategy.configure_fit(
+                server_round, ndarrays_to_parameters(mlp()), FakeManager(proxies)
+            )
+        widths.append(instructions[0][1].config["width"])
+    assert widths == ([1.0, 0.5, 1.0] if dynamic else [1.0, 1.0, 1.0])
+    assert [p.asked for p in proxies] == ([3, 3] if dynamic else [1, 1])
 
 
 def test_strategy_rejects_update_with_wrong_slice_shape():
