@@ -16,7 +16,8 @@ round unless said otherwise, federated evaluation off):
 
     uv run python benchmarks/bench_privacy.py --out privacy.json
 
-FILE keys: ``rows`` (one per run: dataset, kind, epsilon — the largest per-client
+FILE keys: ``complete`` (false while runs remain: the file is rewritten after each
+run), ``rows`` (one per run: dataset, kind, epsilon — the largest per-client
 DP-SGD ε at δ = 1e-5, or the client-level ε — accuracy, settings),
 ``synthetic_drop_at_eps8_points`` (the better non-DP synthetic accuracy minus the
 most accurate DP-SGD synthetic run with ε <= 8, in points) and ``client_level``.
@@ -119,13 +120,41 @@ def run(name: str, overrides: dict, workdir: Path) -> dict:
     }
 
 
+def summarize(rows: list[dict], complete: bool) -> dict:
+    """Return the FILE contents for the runs so far (``complete`` once all ran)."""
+    non_dp = max(
+        (r for r in rows if r["dataset"] == "synthetic" and r["kind"] == "non-dp"),
+        key=lambda r: r["accuracy"],
+        default=None,
+    )
+    within = [
+        r
+        for r in rows
+        if r["dataset"] == "synthetic" and r["kind"] == "dp-sgd" and r["epsilon"] <= 8
+    ]
+    best = max(within, key=lambda r: r["accuracy"]) if within else None
+    return {
+        "complete": complete,
+        "rows": rows,
+        "synthetic_drop_at_eps8_points": (
+            100 * (non_dp["accuracy"] - best["accuracy"]) if best and non_dp else None
+        ),
+        "synthetic_best_at_eps8": best,
+        "synthetic_non_dp_best": non_dp,
+        "client_level": [r for r in rows if r["dataset"] == "synthetic-500"],
+        "delta": 1e-5,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs = RUNS + CLIENT_LEVEL
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
-        for i, (dataset, kind, overrides) in enumerate(RUNS + CLIENT_LEVEL):
+        for i, (dataset, kind, overrides) in enumerate(runs):
             result = run(f"{i:02d}-{dataset}-{kind}", overrides, Path(tmp))
             epsilon = (
                 result["epsilon_client_level"]
@@ -136,29 +165,10 @@ def main() -> None:
                 {"dataset": dataset, "kind": kind, "epsilon": epsilon, **result}
             )
             print(f"{dataset:14s} {kind:8s} eps {epsilon} acc {result['accuracy']:.4f}")
-    non_dp = max(
-        (r for r in rows if r["dataset"] == "synthetic" and r["kind"] == "non-dp"),
-        key=lambda r: r["accuracy"],
-    )
-    within = [
-        r
-        for r in rows
-        if r["dataset"] == "synthetic" and r["kind"] == "dp-sgd" and r["epsilon"] <= 8
-    ]
-    best = max(within, key=lambda r: r["accuracy"]) if within else None
-    result = {
-        "rows": rows,
-        "synthetic_drop_at_eps8_points": (
-            100 * (non_dp["accuracy"] - best["accuracy"]) if best else None
-        ),
-        "synthetic_best_at_eps8": best,
-        "synthetic_non_dp_best": non_dp,
-        "client_level": [r for r in rows if r["dataset"] == "synthetic-500"],
-        "delta": 1e-5,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"synthetic_drop_at_eps8_points {result['synthetic_drop_at_eps8_points']}")
+            # written after every run, so a failure late keeps the rows before it
+            summary = summarize(rows, complete=i == len(runs) - 1)
+            args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"synthetic_drop_at_eps8_points {summary['synthetic_drop_at_eps8_points']}")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,12 @@ class SuperLinkConnection:
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
+            # The simulation process runs the ServerApp in a thread beside Flower's
+            # and Ray's; numpy's OpenBLAS pool hung there once in exec_blas (10 min
+            # at 100 % CPU in a small matmul). The server's numpy work is small and
+            # TensorFlow does not use OpenBLAS: one BLAS thread, unless the user
+            # sets it.
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
             "PATH": os.pathsep.join(
                 [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
             ),

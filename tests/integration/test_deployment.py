@@ -36,12 +36,8 @@ def test_tls_authenticated_deployment_runs_and_refuses_unregistered_node(
     with LocalDeployment(
         nodes, credentials=creds, authenticate=True, register=[True, True, False]
     ) as deployment:
-        # the unregistered SuperNode is refused and gives up
-        refused = deployment.nodes[2]
-        assert refused.wait(timeout=120) != 0
-        assert "Failed to activate SuperNode" in deployment.node_log(2).read_text()
-        assert deployment.online_nodes() == 2
-        # the Hydra entry submits to the deployment over TLS
+        # the Hydra entry submits to the deployment over TLS (while the unregistered
+        # SuperNode retries: its refusal is checked after the run)
         result = run_entry(
             [
                 "simulation=deployment",
@@ -55,6 +51,11 @@ def test_tls_authenticated_deployment_runs_and_refuses_unregistered_node(
             tmp_path,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        # the unregistered SuperNode is refused and gives up; the other two serve
+        refused = deployment.nodes[2]
+        assert refused.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in deployment.node_log(2).read_text()
+        assert deployment.online_nodes() == 2
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
     rows = read_rows(out)

@@ -50,23 +50,19 @@ def check_results(out, rounds, clients):
     return summary
 
 
-def test_run_simulation_two_clients_two_rounds(tmp_path, no_leftover_processes):
-    result = run_entry([*TINY, "num_rounds=2"], tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = tmp_path / "run"
-    summary = check_results(out, rounds=2, clients=2)
-    assert summary["final_accuracy"] > summary["initial_accuracy"]
-    assert "round 2/2" in result.stdout  # per-round progress is shown
-
-
-def test_same_seed_same_metrics_run_after_run(tmp_path, no_leftover_processes):
+def test_run_simulation_two_rounds_then_same_seed_same_metrics(
+    tmp_path, no_leftover_processes
+):
     runs = []
     for name in ("a", "b"):
         result = run_entry(
             [*TINY, "num_rounds=2", f"hydra.run.dir={tmp_path / name}"], tmp_path
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        assert "round 2/2" in result.stdout  # per-round progress is shown
         runs.append(read_jsonl(tmp_path / name / "metrics.jsonl"))
+    summary = check_results(tmp_path / "a", rounds=2, clients=2)
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
     keys = ("central_loss", "central_accuracy", "train_loss", "federated_loss")
     first, second = ([[row[k] for k in keys] for row in rows] for rows in runs)
     assert first == second  # exactly equal, not approximately
