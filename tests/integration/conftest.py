@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,14 @@ FLOWER_PROCESS_MARKERS = (
 )
 
 
+# Every process the tests start inherits this marker (orphans too), so Flower
+# processes of anything else on the machine, a benchmark say, are not counted.
+TEST_MARKER = f"FL_DNN_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["FL_DNN_TEST_SESSION"] = TEST_MARKER.split("=", 1)[1]
+
+
 def flower_processes() -> dict[int, str]:
-    """Live (non-zombie) processes of Flower or Ray, by pid."""
+    """Live (non-zombie) Flower or Ray processes started by these tests, by pid."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -34,9 +41,14 @@ def flower_processes() -> dict[int, str]:
                 .decode(errors="replace")
             )
             state = (entry / "stat").read_text().split(") ", 1)[1].split()[0]
+            ours = TEST_MARKER.encode() in (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if state != "Z" and any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS):
+        if (
+            ours
+            and state != "Z"
+            and any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS)
+        ):
             found[int(entry.name)] = cmdline.strip()
     return found
 
