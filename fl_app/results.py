@@ -111,6 +111,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    """Lay out, write ``fig`` as a PNG at ``path`` and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plot_accuracy_against(
     series: Mapping[str, tuple[Sequence[float], Sequence[float], str]],
     xlabel: str,
@@ -125,9 +132,7 @@ def _plot_accuracy_against(
     ax.set_ylabel("central accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -151,9 +156,7 @@ def plot_rounds(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_accuracy_vs_bytes(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -240,6 +243,4 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     ax.set_ylabel("final central accuracy")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)

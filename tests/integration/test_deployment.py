@@ -9,6 +9,7 @@ import pytest
 from fl_app.deployment import LocalDeployment, make_credentials
 from fl_app.launcher import run_app
 from fl_app.results import read_rows
+from tests.data_files import client_file_arrays
 from tests.integration.conftest import run_entry
 
 pytestmark = pytest.mark.slow
@@ -19,15 +20,8 @@ def test_tls_authenticated_deployment_runs_and_refuses_unregistered_node(
 ):
     creds = make_credentials(tmp_path / "certs", 3)
     # node 1 brings its own file instead of a partition of the run's dataset
-    rng = np.random.default_rng(0)
     own = tmp_path / "node1.npz"
-    np.savez(
-        own,
-        x_train=rng.random((40, 8, 8, 1), dtype=np.float32),
-        y_train=rng.integers(0, 10, 40),
-        x_test=rng.random((10, 8, 8, 1), dtype=np.float32),
-        y_test=rng.integers(0, 10, 10),
-    )
+    np.savez(own, **client_file_arrays(n_train=40, n_test=10))
     nodes = [
         {"partition-id": 0, "num-partitions": 2},
         {"data-path": str(own)},

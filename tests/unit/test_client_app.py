@@ -4,6 +4,7 @@ from flwr.app import Context, RecordDict
 from fl_app.client_app import node_capacity
 from fl_app.config import ConfigError, default_run_config, parse_run_config
 from fl_app.slicing import assign_capacities
+from tests.data_files import client_file_arrays
 
 
 def context(node_config):
@@ -71,15 +72,8 @@ def test_client_fn_reads_a_nodes_own_data_file(tmp_path):
     from fl_app.client_app import client_fn
     from fl_app.data import DataFileError
 
-    rng = np.random.default_rng(0)
     path = tmp_path / "site.npz"
-    np.savez(
-        path,
-        x_train=rng.random((12, 8, 8, 1), dtype=np.float32),
-        y_train=rng.integers(0, 10, 12),
-        x_test=rng.random((3, 8, 8, 1), dtype=np.float32),
-        y_test=rng.integers(0, 10, 3),
-    )
+    np.savez(path, **client_file_arrays(n_train=12, n_test=3))
     client = client_fn(context({"data-path": str(path)}))
     _, n, _ = client.numpy_client.fit(
         client.numpy_client.get_parameters({}), {"server_round": 1}

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fl_app.data import DataFileError, load_client_file
+from tests.data_files import client_file_arrays
 
 
 def write(path, **arrays):
@@ -11,18 +12,8 @@ def write(path, **arrays):
     return path
 
 
-def good_arrays(n=20, shape=(8, 8, 1)):
-    rng = np.random.default_rng(0)
-    return {
-        "x_train": rng.random((n, *shape), dtype=np.float32),
-        "y_train": rng.integers(0, 10, n),
-        "x_test": rng.random((5, *shape), dtype=np.float32),
-        "y_test": rng.integers(0, 10, 5),
-    }
-
-
 def test_loads_train_and_test_as_train_and_validation(tmp_path):
-    arrays = good_arrays()
+    arrays = client_file_arrays()
     arrays["x_train"] = arrays["x_train"][..., 0]  # (n, h, w) is accepted
     data = load_client_file(write(tmp_path / "a.npz", **arrays), (8, 8, 1), 10)
     assert data.train.x.shape == (20, 8, 8, 1) and len(data.val) == 5
@@ -41,7 +32,7 @@ def test_loads_train_and_test_as_train_and_validation(tmp_path):
     ],
 )
 def test_malformed_files_fail_clearly(tmp_path, change, message):
-    arrays = good_arrays()
+    arrays = client_file_arrays()
     change(arrays)
     with pytest.raises(DataFileError, match=message):
         load_client_file(write(tmp_path / "bad.npz", **arrays), (8, 8, 1), 10)
