@@ -1,0 +1,153 @@
+"""The ServerApp and the ClientApp together, in this process (:mod:`tests.inprocess`).
+
+Each test runs the real apps through whole rounds (strategy, workflow, mods, client
+training, results files) without Flower's processes or Ray, which
+``test_simulation.py`` covers.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from fl_app.results import read_rows
+from tests.inprocess import run_in_process
+from tests.integration.conftest import TINY
+
+THREE = ["num_clients=3", "clients_per_round=3", "evaluate_clients_per_round=0"]
+
+
+def summary_of(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def dense_model_bytes():
+    """Serialized float32 size of the default CNN on digits (what FedAvg sends)."""
+    from flwr.common import ndarrays_to_parameters
+
+    from fl_app.client import model_key
+    from fl_app.config import parse_run_config
+    from fl_app.training import get_compiled_model
+    from strategies.fedavg import parameters_size
+
+    key = model_key(parse_run_config({}), (8, 8, 1), 10)
+    weights = get_compiled_model(key).get_weights()
+    return parameters_size(ndarrays_to_parameters(weights))
+
+
+def final_weights(out):
+    import tf_keras
+
+    model = tf_keras.models.load_model(out / "final_model.keras")
+    return np.concatenate([w.ravel() for w in model.get_weights()])
+
+
+def test_hetero_slicing_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    run_in_process(
+        [*TINY, "num_rounds=1", "strategy=hetero", 'strategy.capacities="1.0:1,0.5:1"'],
+        out,
+    )
+    summary = summary_of(out)
+    assert set(summary["accuracy_by_width"]) == {"1.0", "0.5"}
+    assert summary["accuracy_by_width"]["1.0"] == summary["final_accuracy"]
+    (row,) = read_rows(out)
+    sizes = {c["width"]: c["bytes_up"] for c in row["clients"]}
+    assert set(sizes) == {1.0, 0.5} and sizes[0.5] < sizes[1.0]
+    assert row["num_rejected"] == 0 and summary["bytes_up"] == sum(sizes.values())
+
+
+def test_pruning_with_sparse_int8_uploads_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    run_in_process(
+        [
+            *TINY,
+            "num_rounds=2",
+            "pruning=constant",
+            "pruning.final_sparsity=0.9",
+            "compression=sparse_int8",
+        ],
+        out,
+    )
+    rows = read_rows(out)
+    summary = summary_of(out)
+    # the global model holds the scheduled sparsity over the pruned layers
+    assert [row["sparsity"] for row in rows] == [pytest.approx(0.9, abs=1e-3)] * 2
+    assert all(row["num_rejected"] == 0 for row in rows)
+    # per-client bytes each way add up to the totals; uploads far below float32
+    clients = [c for row in rows for c in row["clients"]]
+    assert summary["bytes_up"] == sum(c["bytes_up"] for c in clients)
+    assert summary["bytes_down"] == sum(c["bytes_down"] for c in clients)
+    dense_bytes = dense_model_bytes()
+    assert max(c["bytes_up"] for c in clients) < dense_bytes / 10
+    assert (out / "accuracy_vs_bytes.png").stat().st_size > 0
+
+
+def test_secagg_plus_gives_fedavgs_aggregate_within_quantization_error(tmp_path):
+    outs = {}
+    for name, extra in (("plain", []), ("secagg", ["secagg=enabled"])):
+        outs[name] = tmp_path / name
+        run_in_process([*THREE, "num_rounds=1", *extra], outs[name])
+    (row,) = read_rows(outs["secagg"])
+    assert row["num_rejected"] == 0
+    # SecAgg+ (defaults: clipping range 8, quantization range 2**22, max weight
+    # 10000) quantizes each client's value times n_i / max_weight with a step of
+    # 16 / (2**22 - 1); the sum of three is divided by sum(n_i) / max_weight.
+    step = 2 * 8.0 / (2**22 - 1)
+    total_ratio = sum(c["num_examples"] for c in row["clients"]) / 10000.0
+    bound = 3 * step / total_ratio
+    diff = np.abs(final_weights(outs["plain"]) - final_weights(outs["secagg"]))
+    assert 0 < diff.max() <= bound
+
+
+def test_dp_sgd_and_client_side_dp_under_secagg_report_epsilon(tmp_path):
+    out = tmp_path / "run"
+    run_in_process(
+        [
+            *THREE,
+            "num_rounds=2",
+            "secagg=enabled",
+            "dpsgd=sgd",
+            "client.learning_rate=0.1",
+            "clientdp=client_fixed",
+            "clientdp.noise_multiplier=0.1",
+        ],
+        out,
+    )
+    rows = read_rows(out)
+    summary = summary_of(out)
+    sample = [row["epsilon_sample_level_max"] for row in rows]
+    client = [row["epsilon_client_level"] for row in rows]
+    assert 0 < sample[0] < sample[1]  # each client accumulates over its rounds
+    assert 0 < client[0] < client[1]
+    assert summary["epsilon_sample_level_max"] == sample[1]
+    assert summary["epsilon_client_level"] == client[1]
+    assert all(c["epsilon"] > 0 for row in rows for c in row["clients"])
+    assert (out / "accuracy_vs_epsilon.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("alpha", [0.25, 1.0])
+def test_personalized_fixed_alpha_with_augmentation(tmp_path, alpha):
+    out = tmp_path / "run"
+    run_in_process(
+        [
+            *TINY,
+            "num_rounds=2",
+            "partition=pathological",
+            "strategy=apfl",
+            "strategy.mode=fixed",
+            f"strategy.alpha={alpha}",
+            "client/augmentation=light",
+        ],
+        out,
+    )
+    summary = summary_of(out)
+    rows = read_rows(out)
+    assert (
+        summary["final_personalized_accuracy"]
+        == rows[-1]["federated_personalized_accuracy"]
+    )
+    assert 0.0 <= summary["final_personalized_accuracy"] <= 1.0
+    # fixed alpha: every client reports the configured alpha, unchanged
+    assert {c["alpha"] for row in rows for c in row["clients"]} == {alpha}
+    assert summary["client_failures"] == 0
