@@ -81,8 +81,8 @@ def test_hydra_sweep_runs_each_job_in_flower_with_the_same_seed_same_metrics(
     table = (sweep / "comparison.md").read_text().splitlines()
     assert (
         len(table) == 4
-        and "save_model=true" in table[2]
-        and "save_model=false" in table[3]
+        and "save_model=True" in table[2]
+        and "save_model=False" in table[3]
     )
 
 

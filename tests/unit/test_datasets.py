@@ -59,9 +59,17 @@ def test_synthetic_iid_shares_labels_non_iid_skews_them():
     assert mean_pairwise_tv(non_iid) > 0.3
 
 
-def test_hub_dataset_offline_is_clear(monkeypatch):
+def test_hub_dataset_offline_is_clear(monkeypatch, tmp_path):
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-fl-dnn-test")
+    # The hub libraries read these once, at import; an earlier test in this process
+    # may have imported them online (then each request waits out its retries).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
     with pytest.raises(DatasetUnavailableError, match="mnist.*Hugging Face hub"):
         load_hub("mnist")
