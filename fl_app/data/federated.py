@@ -1,7 +1,9 @@
 """The federated view of a dataset: per-client train/validation and a central test set.
 
-:func:`load_federated_data` is cached per process: a Ray worker or a deployment
-ClientApp computes the partitions once and serves every client from the cache.
+:func:`load_federated_data` is cached per process (a Ray worker computes the
+partitions once and serves every client from memory) and, for data built on this
+machine, on disk (:mod:`fl_app.data.cache`): the first process builds, the others
+and later runs memory-map the result.
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ def _client_splits(
 
 @functools.lru_cache(maxsize=4)
 def _load(
+    dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
+) -> FederatedData:
+    from fl_app.data.cache import cached
+
+    return cached(
+        dataset,
+        partition,
+        num_clients,
+        seed,
+        lambda: _build(dataset, partition, num_clients, seed),
+    )
+
+
+def _build(
     dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
 ) -> FederatedData:
     if dataset.name == "synthetic":

@@ -1,0 +1,181 @@
+"""An on-disk cache of built federated data, shared by every process of a machine.
+
+Building the federated view of a dataset (load, split, partition) costs each process
+that needs it about 1.7 s here, most of it importing scikit-learn and flwr-datasets
+(which imports Hugging Face ``datasets``): the ServerApp, every Ray worker, and in a
+deployment every ClientApp process (one per message). The first process to build a
+configuration writes it here; the others memory-map it.
+
+An entry is a directory named by a hash of everything that decides its content: the
+dataset and partition configs, the number of clients, the seed, the versions of the
+libraries that compute it, and the source of the modules that build it (so a code
+change never reads a stale entry). It holds every client's rows concatenated
+(``train_x.npy`` with ``train_offsets.npy``, the same for ``val``), the central test
+set and ``meta.json``. Entries are written to a temporary directory and renamed into
+place, so a reader never sees half an entry; an entry that does not load is logged
+and rebuilt.
+
+Only data built on this machine is cached (``digits``, ``synthetic``): hub datasets
+have Hugging Face's own cache. ``FL_DNN_DATA_CACHE`` sets the directory (default
+``$XDG_CACHE_HOME/fl-dnn/data``, else ``~/.cache/fl-dnn/data``); ``off`` disables it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fl_app.config import DatasetConfig, PartitionConfig
+from fl_app.data.datasets import ArrayDataset
+
+if TYPE_CHECKING:
+    from fl_app.data.federated import FederatedData
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "FL_DNN_DATA_CACHE"
+FORMAT = 1
+CACHED_DATASETS = frozenset({"digits", "synthetic"})
+_BUILDERS = ("datasets.py", "partitioning.py", "federated.py", "cache.py")
+_LIBRARIES = ("numpy", "scikit-learn", "flwr-datasets")
+
+
+def cache_dir() -> Path | None:
+    """Return the cache directory, or ``None`` when ``FL_DNN_DATA_CACHE=off``."""
+    setting = os.environ.get(ENV_VAR, "")
+    if setting.lower() == "off":
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fl-dnn" / "data"
+
+
+def entry_key(
+    dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
+) -> str:
+    """Return the hash naming the entry of one federated-data configuration."""
+    here = Path(__file__).resolve().parent
+    parts = {
+        "format": FORMAT,
+        "dataset": dataclasses.asdict(dataset),
+        "partition": dataclasses.asdict(partition),
+        "num_clients": num_clients,
+        "seed": seed,
+        "libraries": {name: _version(name) for name in _LIBRARIES},
+        "code": [
+            hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _BUILDERS
+        ],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cached(
+    dataset: DatasetConfig,
+    partition: PartitionConfig,
+    num_clients: int,
+    seed: int,
+    build: Callable[[], FederatedData],
+) -> FederatedData:
+    """Return the federated data from the cache, building and storing it if absent."""
+    root = cache_dir()
+    if root is None or dataset.name not in CACHED_DATASETS:
+        return build()
+    entry = root / entry_key(dataset, partition, num_clients, seed)
+    if (entry / "meta.json").is_file():
+        try:
+            return read_entry(entry)
+        except (OSError, ValueError, KeyError) as err:
+            log.warning(
+                "data cache entry %s does not load (%s); rebuilding", entry, err
+            )
+            shutil.rmtree(entry, ignore_errors=True)
+    data = build()
+    try:
+        write_entry(entry, data)
+    except OSError as err:  # a read-only or full disk must not stop the run
+        log.warning("could not write the data cache entry %s: %s", entry, err)
+    return data
+
+
+def _concat(splits: list[ArrayDataset]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    offsets = np.cumsum([0] + [len(s) for s in splits]).astype(np.int64)
+    return (
+        np.concatenate([s.x for s in splits]),
+        np.concatenate([s.y for s in splits]),
+        offsets,
+    )
+
+
+def write_entry(entry: Path, data: FederatedData) -> None:
+    """Write ``data`` as the cache entry ``entry`` (atomically: temp dir + rename)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        arrays = {"test_x": data.test.x, "test_y": data.test.y}
+        for split in ("train", "val"):
+            x, y, offsets = _concat([getattr(c, split) for c in data.clients])
+            arrays |= {f"{split}_x": x, f"{split}_y": y, f"{split}_offsets": offsets}
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", array, allow_pickle=False)
+        meta = {
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "num_clients": len(data.clients),
+        }
+        (staging / "meta.json").write_text(json.dumps(meta))
+        os.rename(staging, entry)
+    except OSError:
+        if entry.is_dir() and (entry / "meta.json").is_file():
+            return  # another process stored the same entry first
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_entry(entry: Path) -> FederatedData:
+    """Memory-map a cache entry back into :class:`FederatedData`."""
+    from fl_app.data.federated import ClientData, FederatedData
+
+    meta = json.loads((entry / "meta.json").read_text())
+
+    def load(name: str) -> np.ndarray:
+        return np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+    splits = {}
+    for split in ("train", "val"):
+        x, y, offsets = load(f"{split}_x"), load(f"{split}_y"), load(f"{split}_offsets")
+        if len(offsets) != meta["num_clients"] + 1 or offsets[-1] != len(y):
+            raise ValueError(f"{split} offsets do not match the rows")
+        splits[split] = [
+            ArrayDataset(x[a:b], y[a:b])
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+    clients = tuple(
+        ClientData(train=t, val=v)
+        for t, v in zip(splits["train"], splits["val"], strict=True)
+    )
+    return FederatedData(
+        clients=clients,
+        test=ArrayDataset(load("test_x"), load("test_y")),
+        input_shape=tuple(meta["input_shape"]),
+        num_classes=int(meta["num_classes"]),
+    )
