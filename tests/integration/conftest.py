@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -69,11 +70,17 @@ def no_leftover_processes():
     assert not left, f"processes left running: {left}"
 
 
-def run_entry(args, tmp_path, env=None, timeout=600):
-    """Run run_simulation.py with Hydra's output under tmp_path."""
+def run_entry(args, tmp_path, env=None, timeout=600, on_line=None):
+    """Run run_simulation.py with Hydra's output under tmp_path.
+
+    ``on_line``, if given, receives each line of the entry's output (stdout and
+    stderr together) as it is printed.
+    """
     command = [sys.executable, str(ROOT / "run_simulation.py"), *args]
     if not any(a.startswith(("-m", "hydra.run.dir=")) for a in args):
         command.append(f"hydra.run.dir={tmp_path / 'run'}")
+    if on_line is not None:
+        return _stream_entry(command, {**os.environ, **(env or {})}, timeout, on_line)
     return subprocess.run(
         command,
         cwd=ROOT,
@@ -83,6 +90,30 @@ def run_entry(args, tmp_path, env=None, timeout=600):
         timeout=timeout,
         check=False,
     )
+
+
+def _stream_entry(command, env, timeout, on_line):
+    deadline = time.monotonic() + timeout
+    lines = []
+    with subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                on_line(line)
+        finally:
+            timer.cancel()
+    if time.monotonic() > deadline:
+        raise subprocess.TimeoutExpired(command, timeout)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")
 
 
 TINY = [
