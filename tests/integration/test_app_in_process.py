@@ -14,6 +14,8 @@ from fl_app.results import read_rows
 from tests.inprocess import run_in_process
 from tests.integration.conftest import TINY
 
+pytestmark = pytest.mark.slow
+
 THREE = ["num_clients=3", "clients_per_round=3", "evaluate_clients_per_round=0"]
 
 
