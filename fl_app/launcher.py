@@ -434,8 +434,10 @@ def run_app(
     """Submit the app to ``link`` with ``flwr run --stream`` and wait for its outcome.
 
     ``federation_config`` is for a simulation SuperLink (``num-supernodes=...``); a
-    deployment's federation is whatever SuperNodes are connected. Raises
-    :class:`FlowerRunError` as :func:`run_simulation` does.
+    deployment's federation is whatever SuperNodes are connected. What is submitted
+    is a copy of the app's own files under the connection's ``FLWR_HOME``
+    (:func:`stage_app`). Raises :class:`FlowerRunError` as :func:`run_simulation`
+    does.
     """
     echo = echo or (lambda line: print(line, flush=True))
     output_dir = Path(output_dir).resolve()
