@@ -65,9 +65,8 @@ def centralized_round_time(run_config: dict, rounds: int, warmup: int) -> dict:
     union of the clients' validation rows -- the sample passes of one FL round."""
     import numpy as np
 
-    from fl_app.client import model_key
     from fl_app.data import load_federated_data
-    from fl_app.training import get_compiled_model
+    from fl_app.training import get_compiled_model, model_key
 
     cfg = parse_run_config(run_config)
     data = load_federated_data(cfg)
@@ -100,9 +99,9 @@ def sequential_clients_round_time(run_config: dict, rounds: int, warmup: int) ->
     central evaluation and every client's evaluation. Isolates the runtime's cost."""
     from flwr.common import ndarrays_to_parameters
 
-    from fl_app.client import KerasClient, model_key
+    from fl_app.client import KerasClient
     from fl_app.data import load_federated_data
-    from fl_app.training import evaluate_model, get_compiled_model
+    from fl_app.training import evaluate_model, get_compiled_model, model_key
     from strategies.aggregation import aggregate_weighted
 
     cfg = parse_run_config(run_config)

@@ -11,6 +11,7 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
 from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
+from fl_app.capacities import partition_capacity
 from fl_app.compression import ClientCodecs
 from fl_app.config import ClientConfig, ConfigError, RunConfig
 from fl_app.data import load_client_file, load_federated_data
@@ -22,7 +23,6 @@ from fl_app.personalization import (
     strip_local,
     weight_alphas,
 )
-from fl_app.slicing import partition_capacity
 from fl_app.training import (
     ModelKey,
     configure_tensorflow,
@@ -30,6 +30,7 @@ from fl_app.training import (
     get_compiled_model,
     get_model_weights,
     keras,
+    model_key,
     set_model_weights,
     train_local,
     train_local_dp,
@@ -39,21 +40,6 @@ from fl_app.training import (
 log = logging.getLogger(__name__)
 STATE_RESIDUAL = "compression-residual"
 STATE_PRIVACY = "privacy"  # config record: DP-SGD steps taken so far
-
-
-def model_key(
-    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int
-) -> ModelKey:
-    """Return the compiled-model cache key of a run's global model."""
-    return ModelKey(
-        model=cfg.model,
-        client=cfg.client,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        width=cfg.model.width,
-        pruning=cfg.pruning is not None,
-        dpsgd=cfg.dpsgd,
-    )
 
 
 def check_partition(cfg: RunConfig, partition_id: int, num_partitions: int) -> None:

@@ -10,9 +10,9 @@ from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_
 from flwr.clientapp import ClientApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.capacities import partition_capacity
 from fl_app.client import KerasClient, check_partition
 from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.slicing import partition_capacity
 
 
 def client_fn(context: Context) -> Client:

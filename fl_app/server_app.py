@@ -26,14 +26,19 @@ from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid, ServerApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.client import model_key
 from fl_app.compression import Codec
 from fl_app.config import RunConfig, parse_run_config
 from fl_app.data import ArrayDataset, load_federated_data
 from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
 from fl_app.slicing import model_layout, sizes_by_width
-from fl_app.training import ModelKey, evaluate_model, get_compiled_model, keras
+from fl_app.training import (
+    ModelKey,
+    evaluate_model,
+    get_compiled_model,
+    keras,
+    model_key,
+)
 from strategies.fedavg import FedAvg
 from strategies.hetero_slicing import HeteroSlicingFedAvg, make_windows, slice_weights
 from strategies.personalized import PersonalizedFedAvg

@@ -1,20 +1,18 @@
-"""Describe a Keras model for width slicing, and assign client capacities.
+"""Describe a Keras model for width slicing: the server's view of its layers.
 
 :func:`model_layout` turns the model's layers into the framework-free
 :data:`strategies.hetero_slicing.Layout` the server-side slicer works on; it accepts
-only layer types whose width slicing it knows and names any other.
+only layer types whose width slicing it knows and names any other. Which width each
+client trains is :mod:`fl_app.capacities` (the client side imports that, not this).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.config import HeteroConfig, RunConfig
 from fl_app.models import Scaler, scale_units
 from strategies.hetero_slicing import AxisMap
 
@@ -81,33 +79,3 @@ def sizes_by_width(
 ) -> dict[float, dict[str, int]]:
     """Return each group's size at every width, by the model builder's own rule."""
     return {w: {g: scale_units(n, w) for g, n in full_sizes.items()} for w in widths}
-
-
-def assign_capacities(
-    cfg: HeteroConfig, num_clients: int, seed: int | Sequence[int]
-) -> list[float]:
-    """Give each partition a capacity: shares by largest remainder, seeded shuffle.
-
-    >>> assign_capacities(HeteroConfig(((1.0, 0.5), (0.5, 0.5)), False, True), 4, 0)
-    [0.5, 1.0, 1.0, 0.5]
-    """
-    shares = np.array([share for _, share in cfg.capacities]) * num_clients
-    counts = np.floor(shares).astype(int)
-    for i in np.argsort(-(shares - counts), kind="stable")[
-        : num_clients - counts.sum()
-    ]:
-        counts[i] += 1
-    widths = np.repeat([w for w, _ in cfg.capacities], counts)
-    return [float(w) for w in np.random.default_rng(seed).permutation(widths)]
-
-
-def partition_capacity(cfg: RunConfig, partition_id: int, server_round: int) -> float:
-    """Return a partition's share of ``strategy-capacities`` in ``server_round``.
-
-    Fixed: one seeded assignment for the whole run. Dynamic (HeteroFL's setting for
-    devices whose free compute varies): a new assignment each round, seeded by
-    ``(seed, round)``, so every round still has the configured shares.
-    """
-    seed = [cfg.seed, server_round] if cfg.hetero.dynamic else cfg.seed
-    shares = assign_capacities(cfg.hetero, cfg.num_clients, seed)
-    return shares[partition_id % cfg.num_clients]

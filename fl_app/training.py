@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.augmentation import Augmenter
-from fl_app.config import ClientConfig, DpSgdConfig, ModelConfig
+from fl_app.config import ClientConfig, DpSgdConfig, ModelConfig, RunConfig
 from fl_app.data import ArrayDataset
 from fl_app.models import build_model
 
@@ -65,6 +65,21 @@ class ModelKey:
     scaler: bool = False  # HeteroFL's training-time scaler (narrow hetero clients)
     pruning: bool = False  # Conv2D/Dense wrapped by tfmot's prune_low_magnitude
     dpsgd: DpSgdConfig | None = None  # tensorflow-privacy's DP optimizer
+
+
+def model_key(
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int
+) -> ModelKey:
+    """Return the compiled-model cache key of a run's global model."""
+    return ModelKey(
+        model=cfg.model,
+        client=cfg.client,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        width=cfg.model.width,
+        pruning=cfg.pruning is not None,
+        dpsgd=cfg.dpsgd,
+    )
 
 
 _MODEL_CACHE: dict[ModelKey, keras.Model] = {}

@@ -27,9 +27,8 @@ def dense_model_bytes():
     """Serialized float32 size of the default CNN on digits (what FedAvg sends)."""
     from flwr.common import ndarrays_to_parameters
 
-    from fl_app.client import model_key
     from fl_app.config import parse_run_config
-    from fl_app.training import get_compiled_model
+    from fl_app.training import get_compiled_model, model_key
     from strategies.fedavg import parameters_size
 
     key = model_key(parse_run_config({}), (8, 8, 1), 10)

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 
 from fl_app.augmentation import check_image_input, make_augmenter
-from fl_app.client import model_key
 from fl_app.config import AugmentationConfig, ConfigError, parse_run_config
 from fl_app.data import ArrayDataset
 from fl_app.training import (
     clear_model_cache,
     evaluate_model,
     get_compiled_model,
+    model_key,
     train_local,
 )
 

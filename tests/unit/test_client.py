@@ -5,18 +5,11 @@ import pytest
 
 from fl_app.client import KerasClient, check_partition
 from fl_app.config import ConfigError, parse_run_config
-from fl_app.training import clear_model_cache, get_compiled_model
+from fl_app.training import get_compiled_model
 
 CFG = parse_run_config(
     {"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4}
 )
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_model_cache()
-    yield
-    clear_model_cache()
 
 
 def test_client_fit_returns_weights_count_and_metrics():

@@ -1,9 +1,9 @@
 import pytest
 from flwr.app import Context, RecordDict
 
+from fl_app.capacities import assign_capacities
 from fl_app.client_app import node_capacity
 from fl_app.config import ConfigError, default_run_config, parse_run_config
-from fl_app.slicing import assign_capacities
 from tests.data_files import client_file_arrays
 
 

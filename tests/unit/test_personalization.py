@@ -12,7 +12,7 @@ from fl_app.personalization import (
     strip_local,
     weight_alphas,
 )
-from fl_app.training import clear_model_cache, get_compiled_model
+from fl_app.training import get_compiled_model
 
 BASE = {"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4}
 
@@ -22,11 +22,9 @@ def cfg(**kw):
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_model_cache()
+def fresh_personal_trainers():
     get_personal_trainer.cache_clear()
     yield
-    clear_model_cache()
     get_personal_trainer.cache_clear()
 
 

@@ -8,17 +8,14 @@ import dp_accounting
 import numpy as np
 import pytest
 
-from fl_app.client import KerasClient, model_key
+from fl_app.client import KerasClient
 from fl_app.config import ConfigError, DpSgdConfig, parse_run_config
 from fl_app.privacy import dp_sgd_steps, epsilon
-from fl_app.training import clear_model_cache, get_compiled_model, train_local_dp
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_model_cache()
-    yield
-    clear_model_cache()
+from fl_app.training import (
+    get_compiled_model,
+    model_key,
+    train_local_dp,
+)
 
 
 def test_accountant_matches_tf_privacy_mnist_tutorial_setting():

@@ -9,7 +9,7 @@ from fl_app.client import KerasClient
 from fl_app.config import ConfigError, parse_run_config
 from fl_app.pruning import mask_agreement, prunable_arrays, sparsity_by_round
 from fl_app.server_app import build_transport
-from fl_app.training import clear_model_cache, get_compiled_model
+from fl_app.training import get_compiled_model
 
 PRUNED = {
     "pruning": "polynomial",
@@ -22,13 +22,6 @@ PRUNED = {
     "compression-delta": True,
     "compression-error-feedback": True,
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_model_cache()
-    yield
-    clear_model_cache()
 
 
 def test_schedule_follows_tfmot_polynomial_decay_in_rounds():

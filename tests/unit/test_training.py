@@ -3,23 +3,15 @@
 import numpy as np
 import pytest
 
-from fl_app.client import model_key
 from fl_app.config import parse_run_config
 from fl_app.data import ArrayDataset
 from fl_app.training import (
     LabelMaskedLoss,
-    clear_model_cache,
     evaluate_model,
     get_compiled_model,
+    model_key,
     train_local,
 )
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_model_cache()
-    yield
-    clear_model_cache()
 
 
 def test_label_masked_loss_is_cross_entropy_over_present_classes():
