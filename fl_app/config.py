@@ -12,6 +12,7 @@ validate a configuration in milliseconds.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -421,6 +422,24 @@ FIELDS: dict[str, _Field] = {
 def default_run_config() -> dict[str, Any]:
     """Return the flat default run config (the values pyproject.toml must declare)."""
     return {key: field.default for key, field in FIELDS.items()}
+
+
+def toml_value(value: Any) -> str:
+    """Write one run-config value as a TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def app_config_toml() -> str:
+    """Return the body of ``[tool.flwr.app.config]``: every key and its default.
+
+    ``scripts/write_app_config.py`` writes it into ``pyproject.toml``; a unit test
+    keeps the file equal to it, so the table is never edited by hand.
+    """
+    return "".join(f"{key} = {toml_value(f.default)}\n" for key, f in FIELDS.items())
 
 
 def _coerce(key: str, value: Any, field: _Field) -> Any:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fl_app.config import toml_value
+
 log = logging.getLogger(__name__)
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -57,17 +59,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
 def write_toml_table(values: Mapping[str, Any], path: Path) -> None:
     """Write flat ``key = value`` pairs as TOML for ``--run-config FILE``."""
-    lines = [f'"{key}" = {_toml_value(value)}' for key, value in values.items()]
+    lines = [f'"{key}" = {toml_value(value)}' for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -283,7 +277,7 @@ class LocalSuperLink(SuperLinkConnection):
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.05)
         raise FlowerRunError(
             f"flower-superlink was not ready within {self.startup_timeout_s:.0f}s:\n"
             f"{self.log_tail()}"

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 
 from fl_app.config import (
     ConfigError,
+    app_config_toml,
     default_run_config,
     flatten_nested,
     parse_run_config,
@@ -29,6 +30,18 @@ def compose_flat(overrides=()):
 
 def test_config_defaults_equal_pyproject():
     assert pyproject_run_config() == default_run_config()
+
+
+def test_pyproject_app_config_is_written_from_the_schema():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "write_app_config", ROOT / "scripts" / "write_app_config.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, body, _ = script.split_table((ROOT / "pyproject.toml").read_text())
+    assert body == app_config_toml()
 
 
 def test_config_defaults_parse():

@@ -1,0 +1,58 @@
+"""Write ``[tool.flwr.app.config]`` of ``pyproject.toml`` from the run-config schema.
+
+Flower reads the app's run-config keys and defaults from that table; the schema
+(``fl_app.config.FIELDS``) is where they are declared. Run this after changing a field:
+
+    uv run python scripts/write_app_config.py          # rewrite the table
+    uv run python scripts/write_app_config.py --check  # exit 1 if it is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fl_app.config import app_config_toml  # noqa: E402
+
+HEADER = "[tool.flwr.app.config]\n"
+
+
+def split_table(text: str) -> tuple[str, str, str]:
+    """Return (up to the table's body, the body, after it) of ``pyproject.toml``.
+
+    The body is the run of ``key = value`` lines under the header; the first blank,
+    comment or table line ends it.
+    """
+    start = text.index(HEADER) + len(HEADER)
+    end = start
+    for line in text[start:].splitlines(keepends=True):
+        if not line.strip() or line.lstrip().startswith(("[", "#")):
+            break
+        end += len(line)
+    return text[:start], text[start:end], text[end:]
+
+
+def main() -> int:
+    """Rewrite the table (or, with --check, only compare); return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1")
+    args = parser.parse_args()
+    path = ROOT / "pyproject.toml"
+    before, body, after = split_table(path.read_text())
+    wanted = app_config_toml()
+    if body == wanted:
+        return 0
+    if args.check:
+        print(f"{path}: [tool.flwr.app.config] is out of date; run {__file__}")
+        return 1
+    path.write_text(before + wanted + after)
+    print(f"wrote [tool.flwr.app.config] in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
