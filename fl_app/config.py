@@ -22,7 +22,6 @@ DATASETS = ("digits", "synthetic", "mnist", "cifar10")
 HUB_DATASETS = ("mnist", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 MODELS = ("cnn", "mlp", "softmax")
-STRATEGIES = ("fedavg", "personalized", "hetero")
 PERSONAL_MODES = ("fixed", "apfl", "fedper")
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 # Named layers of each builder in fl_app/models.py (a unit test keeps them equal).
@@ -45,6 +44,72 @@ CLIENT_DP_MODES = (
 
 class ConfigError(ValueError):
     """An invalid run configuration value."""
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """What a strategy's updates are, so the validator can ask instead of naming it.
+
+    Attributes
+    ----------
+    name : str
+        The value of the ``strategy`` key.
+    dense_updates : bool
+        Every client returns the whole model as equal-shaped float arrays: what upload
+        compression, the server's pruning mask, Flower's client-level DP wrappers and
+        SecAgg+ work on. When false, ``why_not_dense`` says what it returns instead.
+    dp_sgd : bool
+        Local training can use tensorflow-privacy's DP optimizers; when false,
+        ``why_not_dp_sgd`` says why not.
+    personal_state : bool
+        Clients keep a personal model in their node state (``strategy-mode``,
+        ``strategy-alpha``, ``strategy-local-layers`` apply).
+    width_slicing : bool
+        Clients train width slices of the model (``strategy-capacities`` and its
+        siblings apply; the strategy sets the widths, so ``model-width`` stays 1).
+    """
+
+    name: str
+    dense_updates: bool = True
+    why_not_dense: str = ""
+    dp_sgd: bool = True
+    why_not_dp_sgd: str = ""
+    personal_state: bool = False
+    width_slicing: bool = False
+
+
+STRATEGY_SPECS: dict[str, StrategySpec] = {}
+
+
+def register_strategy_spec(spec: StrategySpec) -> StrategySpec:
+    """Make ``spec.name`` a valid ``strategy`` value, with its capabilities."""
+    STRATEGY_SPECS[spec.name] = spec
+    return spec
+
+
+register_strategy_spec(StrategySpec("fedavg"))
+register_strategy_spec(
+    StrategySpec(
+        "personalized",
+        dense_updates=False,
+        why_not_dense="personalization keeps client-local arrays on the client",
+        dp_sgd=False,
+        why_not_dp_sgd="its blended trainer has its own optimizers",
+        personal_state=True,
+    )
+)
+register_strategy_spec(
+    StrategySpec(
+        "hetero",
+        dense_updates=False,
+        why_not_dense="slicing gives every client its own array shapes",
+        width_slicing=True,
+    )
+)
+
+
+def _dense_strategies() -> str:
+    return ", ".join(n for n, spec in STRATEGY_SPECS.items() if spec.dense_updates)
 
 
 @dataclass(frozen=True)
@@ -288,7 +353,7 @@ class _Field:
     default: Any
     rule: str = ""
     check: Callable[[Any], bool] | None = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
 
 
 def _positive(value: float) -> bool:
@@ -323,7 +388,7 @@ FIELDS: dict[str, _Field] = {
     "evaluate-clients-per-round": _Field(
         int, 10, "0 (no federated evaluation) <= value <= num-clients", _non_negative
     ),
-    "strategy": _Field(str, "fedavg", choices=STRATEGIES),
+    "strategy": _Field(str, "fedavg", choices=lambda: tuple(STRATEGY_SPECS)),
     "strategy-mode": _Field(str, "apfl", choices=PERSONAL_MODES),
     "strategy-alpha": _Field(float, 0.5, "0 <= value <= 1", lambda v: 0 <= v <= 1),
     "strategy-alpha-lr": _Field(float, 0.1, ">= 0", _non_negative),
@@ -461,10 +526,10 @@ def _coerce(key: str, value: Any, field: _Field) -> Any:
             f"run config key '{key}': expected {kind.__name__}, "
             f"received {value!r} ({type(value).__name__})"
         )
-    if field.choices is not None and value not in field.choices:
+    choices = field.choices() if callable(field.choices) else field.choices
+    if choices is not None and value not in choices:
         raise ConfigError(
-            f"run config key '{key}': received {value!r}, "
-            f"allowed: {', '.join(field.choices)}"
+            f"run config key '{key}': received {value!r}, allowed: {', '.join(choices)}"
         )
     if field.check is not None and not field.check(value):
         raise ConfigError(
@@ -553,8 +618,8 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
         name.strip() for name in v["strategy-local-layers"].split(",") if name.strip()
     )
     known_layers = MODEL_LAYERS[v["model"]]
-    personalized = v["strategy"] == "personalized"
-    if personalized and v["strategy-mode"] == "fedper":
+    spec = STRATEGY_SPECS[v["strategy"]]
+    if spec.personal_state and v["strategy-mode"] == "fedper":
         if not local_layers or any(n not in known_layers for n in local_layers):
             raise _fail(
                 "strategy-local-layers",
@@ -570,7 +635,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             )
 
     hetero = None
-    if v["strategy"] == "hetero":
+    if spec.width_slicing:
         hetero = HeteroConfig(
             _parse_capacities(v["strategy-capacities"]),
             v["strategy-rolling"],
@@ -581,7 +646,8 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             raise _fail(
                 "model-width",
                 v["model-width"],
-                "1.0 with strategy=hetero (the capacities give the client widths)",
+                f"1.0 with strategy={spec.name} (the capacities give the client "
+                "widths)",
             )
     pruning = _pruning(v)
     compression = CompressionConfig(
@@ -607,14 +673,13 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             "1.0 unless compression-delta=true and compression includes 'sparse' "
             "(top-k keeps the largest entries of an update, sent sparse)",
         )
-    dpsgd, client_dp, secagg = _privacy(v, compression)
-    if (pruning is not None or compression.active) and v["strategy"] != "fedavg":
+    dpsgd, client_dp, secagg = _privacy(v, spec, compression)
+    if (pruning is not None or compression.active) and not spec.dense_updates:
         raise _fail(
             "strategy",
             v["strategy"],
-            "fedavg when pruning or compression is on (hetero slicing sends "
-            "per-client shapes and personalization keeps client-local arrays; "
-            "neither is wired to the codecs or the server mask)",
+            f"{_dense_strategies()} when pruning or compression is on (the codecs "
+            f"and the server's mask work on dense updates; {spec.why_not_dense})",
         )
     return RunConfig(
         seed=v["seed"],
@@ -629,7 +694,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
             alpha_lr=v["strategy-alpha-lr"],
             local_layers=local_layers if v["strategy-mode"] == "fedper" else (),
         )
-        if personalized
+        if spec.personal_state
         else None,
         hetero=hetero,
         output_dir=v["output-dir"],
@@ -672,17 +737,16 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
 
 
 def _privacy(
-    v: Mapping[str, Any], compression: CompressionConfig
+    v: Mapping[str, Any], spec: StrategySpec, compression: CompressionConfig
 ) -> tuple[DpSgdConfig | None, ClientDpConfig | None, SecAggConfig | None]:
     """Parse DP-SGD, client-level DP and SecAgg+, refusing what cannot combine."""
     dpsgd = None
     if v["dpsgd"] != "none":
-        if v["strategy"] == "personalized":
+        if not spec.dp_sgd:
             raise _fail(
                 "dpsgd",
                 v["dpsgd"],
-                "'none' with strategy=personalized (its blended trainer has its own "
-                "optimizers)",
+                f"'none' with strategy={spec.name} ({spec.why_not_dp_sgd})",
             )
         dpsgd = DpSgdConfig(
             optimizer=v["dpsgd"],
@@ -694,11 +758,12 @@ def _privacy(
         )
     client_dp = None
     if v["clientdp"] != "none":
-        if v["strategy"] != "fedavg" or compression.active:
+        if not spec.dense_updates or compression.active:
             raise _fail(
                 "clientdp",
                 v["clientdp"],
-                "'none' unless strategy=fedavg without compression (Flower's DP "
+                f"'none' unless the strategy sends dense updates "
+                f"({_dense_strategies()}) and compression is off (Flower's DP "
                 "wrappers clip and noise dense full-model updates)",
             )
         client_dp = ClientDpConfig(
@@ -710,18 +775,12 @@ def _privacy(
         )
     secagg = None
     if v["secagg"]:
-        if v["strategy"] == "hetero":
+        if not spec.dense_updates:
             raise _fail(
                 "secagg",
                 True,
-                "false with strategy=hetero: slicing gives every client its own "
-                "array shapes, and SecAgg+ sums equal-shaped vectors",
-            )
-        if v["strategy"] == "personalized":
-            raise _fail(
-                "secagg",
-                True,
-                "false with strategy=personalized (client-local arrays are not sent)",
+                f"false with strategy={spec.name}: {spec.why_not_dense}, and SecAgg+ "
+                "sums equal-shaped dense vectors",
             )
         if v["compression"] != "none" or compression.delta or compression.topk < 1:
             raise _fail(

@@ -225,3 +225,35 @@ def test_config_hetero_capacities_override_with_quotes():
     cfg = parse_run_config(flat)
     assert cfg.hetero.rolling and cfg.hetero.scaler
     assert cfg.hetero.capacities == ((1.0, 0.3), (0.5, 0.4), (0.25, 0.3))
+
+
+def test_config_rules_read_a_strategys_capabilities_not_its_name(monkeypatch):
+    from fl_app.config import STRATEGY_SPECS, StrategySpec
+
+    # Prepare: two strategies the validator has never heard of
+    monkeypatch.setitem(STRATEGY_SPECS, "dense-new", StrategySpec("dense-new"))
+    monkeypatch.setitem(
+        STRATEGY_SPECS,
+        "shaped-new",
+        StrategySpec("shaped-new", dense_updates=False, why_not_dense="own shapes"),
+    )
+    # Execute / Assert: a dense strategy takes what FedAvg takes ...
+    cfg = parse_run_config(
+        {"strategy": "dense-new", "compression": "int8", "secagg": False}
+    )
+    assert cfg.strategy == "dense-new" and cfg.compression.active
+    assert parse_run_config({"strategy": "dense-new", "secagg": True}).secagg
+    # ... a non-dense one is refused what needs dense updates, with its reason
+    for extra in (
+        {"compression": "int8"},
+        {"secagg": True},
+        {"clientdp": "server-fixed"},
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_run_config({"strategy": "shaped-new", **extra})
+        assert "dense" in str(info.value)
+    with pytest.raises(ConfigError, match="own shapes"):
+        parse_run_config({"strategy": "shaped-new", "secagg": True})
+    # and the strategy key names every registered strategy when it refuses one
+    with pytest.raises(ConfigError, match="dense-new, shaped-new"):
+        parse_run_config({"strategy": "unknown"})
