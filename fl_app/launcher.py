@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -262,6 +263,12 @@ class LocalSuperLink(SuperLinkConnection):
 
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
+        scheme = "http" if self.tls is None else "https"
+        verify: bool | ssl.SSLContext = (
+            True
+            if self.tls is None
+            else ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -269,8 +276,6 @@ class LocalSuperLink(SuperLinkConnection):
                     f"flower-superlink exited with code {self.process.returncode}:\n"
                     f"{self.log_tail()}"
                 )
-            scheme = "http" if self.tls is None else "https"
-            verify = True if self.tls is None else str(self.tls.ca_cert)
             try:
                 url = f"{scheme}://{self.address}/health"
                 if httpx.get(url, timeout=1.0, verify=verify).is_success:
