@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +28,14 @@ from flwr.serverapp import Grid, ServerApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.compression import Codec
-from fl_app.config import RunConfig, parse_run_config
+from fl_app.config import (
+    STRATEGY_SPECS,
+    ConfigError,
+    RunConfig,
+    StrategySpec,
+    parse_run_config,
+    register_strategy_spec,
+)
 from fl_app.data import ArrayDataset, load_federated_data
 from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
@@ -143,28 +151,72 @@ def build_transport(
     return transport, pruner
 
 
-def build_strategy(cfg: RunConfig, model: keras.Model, **kwargs: Any) -> FedAvg:
-    """Return the configured strategy; personalization marks client-local arrays."""
-    if cfg.hetero is not None:
-        layout, full_sizes = model_layout(model)  # fails on layers it cannot slice
-        return HeteroSlicingFedAvg(
-            layout=layout,
-            full_sizes=full_sizes,
-            sizes_by_width=sizes_by_width(full_sizes, cfg.hetero.widths),
-            rolling=cfg.hetero.rolling,
-            dynamic=cfg.hetero.dynamic,
-            **kwargs,
-        )
-    if cfg.personalization is None:
-        transport, pruner = build_transport(cfg, model)
-        return FedAvg(
-            transport=transport,
-            pruner=pruner,
-            uniform=cfg.client_dp is not None,
-            **kwargs,
-        )
+StrategyBuilder = Callable[..., FedAvg]
+"""``build(cfg, model, **common) -> strategy``: ``common`` holds ``num_clients``,
+``clients_per_round``, ``evaluate_clients_per_round``, ``initial_parameters`` and
+``evaluate_fn``, which every strategy takes (``strategies.fedavg.FedAvg``'s)."""
+
+STRATEGY_BUILDERS: dict[str, StrategyBuilder] = {}
+
+
+def register_strategy(spec: StrategySpec, build: StrategyBuilder) -> None:
+    """Make ``spec.name`` a ``strategy`` value: its capabilities and its builder.
+
+    The spec is what the config validator checks (``fl_app.config``, which the
+    clients read too); the builder is what the ServerApp calls. A strategy subclasses
+    :class:`strategies.fedavg.FedAvg`, whose update validation and round records the
+    ServerApp relies on.
+    """
+    register_strategy_spec(spec)
+    STRATEGY_BUILDERS[spec.name] = build
+
+
+def _build_fedavg(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
+    transport, pruner = build_transport(cfg, model)
+    return FedAvg(
+        transport=transport,
+        pruner=pruner,
+        uniform=cfg.client_dp is not None,
+        **common,
+    )
+
+
+def _build_personalized(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
+    # the client-local arrays (FedPer's head) are marked so they are never averaged
     mask = local_weight_mask(model, cfg.personalization.local_layers)
-    return PersonalizedFedAvg(local_mask=mask, **kwargs)
+    return PersonalizedFedAvg(local_mask=mask, **common)
+
+
+def _build_hetero(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
+    layout, full_sizes = model_layout(model)  # fails on layers it cannot slice
+    return HeteroSlicingFedAvg(
+        layout=layout,
+        full_sizes=full_sizes,
+        sizes_by_width=sizes_by_width(full_sizes, cfg.hetero.widths),
+        rolling=cfg.hetero.rolling,
+        dynamic=cfg.hetero.dynamic,
+        **common,
+    )
+
+
+for _name, _build in (
+    ("fedavg", _build_fedavg),
+    ("personalized", _build_personalized),
+    ("hetero", _build_hetero),
+):
+    register_strategy(STRATEGY_SPECS[_name], _build)
+
+
+def build_strategy(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
+    """Return the strategy registered under ``cfg.strategy``, built for ``model``."""
+    build = STRATEGY_BUILDERS.get(cfg.strategy)
+    if build is None:
+        raise ConfigError(
+            f"run config key 'strategy': {cfg.strategy!r} has a config spec but no "
+            f"server-side builder (register_strategy); built: "
+            f"{', '.join(STRATEGY_BUILDERS)}"
+        )
+    return build(cfg, model, **common)
 
 
 def wrap_client_dp(cfg: RunConfig, strategy: Strategy) -> Strategy:
