@@ -7,6 +7,7 @@ from fl_app.data.federated import (
     FederatedData,
     load_client_file,
     load_federated_data,
+    prepare_federated_data,
 )
 from fl_app.data.partitioning import PartitionError, partition_indices
 
@@ -19,5 +20,6 @@ __all__ = [
     "PartitionError",
     "load_client_file",
     "load_federated_data",
+    "prepare_federated_data",
     "partition_indices",
 ]

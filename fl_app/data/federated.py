@@ -147,6 +147,21 @@ def load_federated_data(cfg: RunConfig) -> FederatedData:
     return _load(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
 
 
+def prepare_federated_data(cfg: RunConfig) -> bool:
+    """Build a run's federated data into the on-disk cache, if it is cacheable.
+
+    Keeps nothing in memory. Returns whether the cache now holds it (``False`` for
+    hub datasets and with the cache off, which this leaves alone).
+    """
+    from fl_app.data.cache import CACHED_DATASETS, cache_dir, cached
+
+    if cache_dir() is None or cfg.dataset.name not in CACHED_DATASETS:
+        return False
+    args = (cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
+    cached(*args, lambda: _build(*args))
+    return True
+
+
 class DataFileError(ValueError):
     """A SuperNode's ``data-path`` file is missing or malformed."""
 

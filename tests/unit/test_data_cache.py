@@ -105,3 +105,25 @@ def test_cache_off_and_hub_datasets_always_build(monkeypatch, cache_root):
     calls = []
     cache.cached(*hub, lambda: calls.append(1) or _build(*args))
     assert calls == [1] and not cache_root.exists()
+
+
+def test_prepare_fills_the_cache_for_the_run_and_leaves_hub_data_alone(cache_root):
+    from fl_app.data import prepare_federated_data
+    from fl_app.launcher import _prepare_data
+
+    flat = {
+        "num-clients": 4,
+        "clients-per-round": 4,
+        "evaluate-clients-per-round": 4,
+        "seed": 5,
+    }
+    # the launcher builds it in a thread while the SuperLink starts
+    _prepare_data(flat).join()
+    args = config(seed=5)
+    entry = cache_root / cache.entry_key(*args)
+    assert_same(cache.read_entry(entry), _build(*args))
+    # hub data is never loaded for the cache (offline it would fail); a bad config
+    # is left for the run to report
+    assert prepare_federated_data(parse_run_config({"dataset": "mnist"})) is False
+    assert _prepare_data({"partition-alpha": -1}) is None
+    assert [p.name for p in cache_root.iterdir()] == [entry.name]
