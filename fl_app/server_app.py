@@ -152,9 +152,12 @@ def build_transport(
 
 
 StrategyBuilder = Callable[..., FedAvg]
-"""``build(cfg, model, **common) -> strategy``: ``common`` holds ``num_clients``,
-``clients_per_round``, ``evaluate_clients_per_round``, ``initial_parameters`` and
-``evaluate_fn``, which every strategy takes (``strategies.fedavg.FedAvg``'s)."""
+"""``build(cfg, model, **common) -> strategy``. ``common`` holds what every strategy
+takes (``strategies.fedavg.FedAvg``'s keywords): ``num_clients``,
+``clients_per_round``, ``evaluate_clients_per_round``, ``initial_parameters``,
+``evaluate_fn``; and for a strategy with dense updates also ``transport`` (upload and
+download codecs), ``pruner`` (the server's pruning mask) and ``uniform`` (equal client
+weights, for client-level DP), so every such strategy gets those features."""
 
 STRATEGY_BUILDERS: dict[str, StrategyBuilder] = {}
 
@@ -172,13 +175,7 @@ def register_strategy(spec: StrategySpec, build: StrategyBuilder) -> None:
 
 
 def _build_fedavg(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
-    transport, pruner = build_transport(cfg, model)
-    return FedAvg(
-        transport=transport,
-        pruner=pruner,
-        uniform=cfg.client_dp is not None,
-        **common,
-    )
+    return FedAvg(**common)
 
 
 def _build_personalized(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
@@ -215,6 +212,11 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
             f"run config key 'strategy': {cfg.strategy!r} has a config spec but no "
             f"server-side builder (register_strategy); built: "
             f"{', '.join(STRATEGY_BUILDERS)}"
+        )
+    if STRATEGY_SPECS[cfg.strategy].dense_updates:
+        transport, pruner = build_transport(cfg, model)
+        common.update(
+            transport=transport, pruner=pruner, uniform=cfg.client_dp is not None
         )
     return build(cfg, model, **common)
 

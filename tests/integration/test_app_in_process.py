@@ -179,9 +179,17 @@ def test_a_strategy_registered_in_a_test_runs_end_to_end(tmp_path, monkeypatch):
     )
     out = tmp_path / "run"
 
-    # Execute: the Hydra override names it like any strategy
+    # Execute: the Hydra override names it like any strategy; a strategy with dense
+    # updates gets the upload codecs without a line of its own
     grid = run_in_process(
-        [*THREE, "num_rounds=2", "strategy.name=median", "save_model=false"], out
+        [
+            *THREE,
+            "num_rounds=2",
+            "strategy.name=median",
+            "save_model=false",
+            "compression=int8",
+        ],
+        out,
     )
 
     # Assert: it aggregated every round over every node, and the run's records
@@ -193,3 +201,7 @@ def test_a_strategy_registered_in_a_test_runs_end_to_end(tmp_path, monkeypatch):
     rows = read_rows(out)
     assert [len(row["clients"]) for row in rows] == [3, 3]
     assert summary["run_config"]["strategy"] == "median"
+    # int8 uploads were decoded and accepted: about a quarter of float32
+    assert all(row["num_rejected"] == 0 for row in rows)
+    ups = {c["bytes_up"] for row in rows for c in row["clients"]}
+    assert max(ups) < dense_model_bytes() / 3
