@@ -9,15 +9,13 @@ side can change what the other holds. A ClientApp that raises gives an error rep
 Flower's simulation engine gives one.
 
 What it does not exercise (the end-to-end tests do): Flower's processes, Ray workers,
-the run-config defaults Flower merges, log streaming, and several clients per round
-training at once.
+log streaming, and several clients per round training at once.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import tomllib
 import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,12 +30,6 @@ from flwr.supercore.task_identity import TaskIdentity
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
-
-
-def default_run_config() -> dict[str, Any]:
-    """The app's run-config defaults, as Flower reads them from ``pyproject.toml``."""
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return dict(pyproject["tool"]["flwr"]["app"]["config"])
 
 
 class InProcessGrid(Grid):
@@ -63,7 +55,6 @@ class InProcessGrid(Grid):
             for index, node in enumerate(node_configs)
         }
         self._replies: dict[str, Message] = {}
-        self.delivered: list[Message] = []  # every message a node received
 
     def set_run(self, run_id: int) -> None:  # noqa: D102
         self._run = Run.create_empty(run_id)
@@ -95,7 +86,6 @@ class InProcessGrid(Grid):
             metadata["_run_id"] = self._run.run_id
             metadata["_src_node_id"] = SUPERLINK_NODE_ID
             delivered = copy.deepcopy(message)
-            self.delivered.append(delivered)
             context = self.contexts[message.metadata.dst_node_id]
             try:
                 reply = copy.deepcopy(self.client_app(delivered, context))
@@ -126,12 +116,13 @@ class InProcessGrid(Grid):
 def compose_run_config(overrides: Iterable[str]) -> dict[str, Any]:
     """The flat run config ``run_simulation.py`` would submit for Hydra ``overrides``.
 
-    Flower fills any key the submission leaves out from ``[tool.flwr.app.config]``.
+    Flower fills any key the submission leaves out from ``[tool.flwr.app.config]``
+    (equal to the schema's defaults, which a unit test checks).
     """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fl_app.config import flatten_nested
+    from fl_app.config import default_run_config, flatten_nested
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
@@ -147,8 +138,8 @@ def run_in_process(
     """Run the app's ServerApp for Hydra ``overrides`` over in-process nodes.
 
     Nodes default to partitions ``0 .. num-clients - 1``. Results land in
-    ``output_dir`` as in a Flower run; returns the grid (its nodes' contexts and the
-    messages they received).
+    ``output_dir`` as in a Flower run; returns the grid (its nodes' ids and
+    contexts).
     """
     from fl_app.client_app import app as client_app
     from fl_app.server_app import app as server_app
