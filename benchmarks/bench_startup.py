@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fl_app.results import read_rows  # noqa: E402
 
 STAGES = (
     ("superlink_ready", "Using SuperLink"),
@@ -84,11 +87,7 @@ def run_once(root: Path, overrides: list[str], workdir: Path, cache: Path) -> di
     missing = [name for name, _ in STAGES if name not in stages]
     if missing:
         raise RuntimeError(f"stages not seen in the log: {missing}")
-    rounds = [
-        json.loads(line)["wall_time_s"]
-        for line in (workdir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    rounds = [row["wall_time_s"] for row in read_rows(workdir)]
     return {
         "startup_s": stages["round1_end"],
         "steady_round_s": statistics.median(rounds[1:]) if len(rounds) > 1 else None,

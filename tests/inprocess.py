@@ -113,21 +113,27 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
+def compose_flat(overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The flat run config ``run_simulation.py`` submits for Hydra ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fl_app.config import flatten_nested
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return flatten_nested(OmegaConf.to_container(cfg, resolve=True))
+
+
 def compose_run_config(overrides: Iterable[str]) -> dict[str, Any]:
-    """The flat run config ``run_simulation.py`` would submit for Hydra ``overrides``.
+    """The run config a Flower run gets for Hydra ``overrides``.
 
     Flower fills any key the submission leaves out from ``[tool.flwr.app.config]``
     (equal to the schema's defaults, which a unit test checks).
     """
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from fl_app.config import default_run_config
 
-    from fl_app.config import default_run_config, flatten_nested
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    submitted = flatten_nested(OmegaConf.to_container(cfg, resolve=True))
-    return {**default_run_config(), **submitted}
+    return {**default_run_config(), **compose_flat(overrides)}
 
 
 def run_in_process(

@@ -67,6 +67,11 @@ def cache_dir() -> Path | None:
     return Path(base) / "fl-dnn" / "data"
 
 
+def cacheable(dataset: DatasetConfig) -> bool:
+    """Whether ``dataset`` goes through the cache (it is on and the data is local)."""
+    return dataset.name in CACHED_DATASETS and cache_dir() is not None
+
+
 def entry_key(
     dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
 ) -> str:
@@ -101,10 +106,9 @@ def cached(
     build: Callable[[], FederatedData],
 ) -> FederatedData:
     """Return the federated data from the cache, building and storing it if absent."""
-    root = cache_dir()
-    if root is None or dataset.name not in CACHED_DATASETS:
+    if not cacheable(dataset):
         return build()
-    entry = root / entry_key(dataset, partition, num_clients, seed)
+    entry = cache_dir() / entry_key(dataset, partition, num_clients, seed)
     if (entry / "meta.json").is_file():
         try:
             return read_entry(entry)

@@ -153,9 +153,9 @@ def prepare_federated_data(cfg: RunConfig) -> bool:
     Keeps nothing in memory. Returns whether the cache now holds it (``False`` for
     hub datasets and with the cache off, which this leaves alone).
     """
-    from fl_app.data.cache import CACHED_DATASETS, cache_dir, cached
+    from fl_app.data.cache import cacheable, cached
 
-    if cache_dir() is None or cfg.dataset.name not in CACHED_DATASETS:
+    if not cacheable(cfg.dataset):
         return False
     args = (cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
     cached(*args, lambda: _build(*args))

@@ -2,7 +2,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from fl_app.config import (
     ConfigError,
@@ -11,6 +10,7 @@ from fl_app.config import (
     flatten_nested,
     parse_run_config,
 )
+from tests.inprocess import compose_flat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,14 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def pyproject_run_config():
     with (ROOT / "pyproject.toml").open("rb") as handle:
         return tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
-
-
-def compose_flat(overrides=()):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    from omegaconf import OmegaConf
-
-    return flatten_nested(OmegaConf.to_container(cfg, resolve=True))
 
 
 def test_config_defaults_equal_pyproject():
