@@ -285,6 +285,7 @@ class KerasClient(NumPyClient):
             "partition_id": self.partition_id,
             "train_loss": result.loss,
             "train_accuracy": result.accuracy,
+            **result.metrics,
         }
         if pcfg.mode != "fedper":
             metrics["alpha"] = result.alpha

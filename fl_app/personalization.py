@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -35,7 +35,10 @@ from fl_app.data import ArrayDataset
 from fl_app.models import build_model
 from fl_app.training import (
     ModelKey,
+    begin_techniques,
     configure_tensorflow,
+    end_techniques,
+    hook_techniques,
     make_optimizer,
     reset_optimizer,
 )
@@ -110,6 +113,7 @@ class PersonalResult:
     alpha: float
     loss: float
     accuracy: float
+    metrics: dict[str, float] = field(default_factory=dict)  # client techniques'
 
 
 class PersonalTrainer:
@@ -144,7 +148,10 @@ class PersonalTrainer:
             [not local for local in self.mask] if fedper else [True] * len(self.mask)
         )
         self.v_update = list(self.mask) if fedper else [True] * len(self.mask)
-        self.w_optimizer = make_optimizer(key.client)
+        # client techniques (FedProx ...) act on the global copy's training
+        self.w_optimizer, self.techniques = hook_techniques(
+            key, make_optimizer(key.client), w_vars
+        )
         self.v_optimizer = make_optimizer(key.client)
         self.w_optimizer.build(
             [v for v, u in zip(w_vars, self.w_update, strict=True) if u]
@@ -220,6 +227,7 @@ class PersonalTrainer:
         self.alpha.assign(alpha)
         reset_optimizer(self.w_optimizer, cfg.learning_rate)
         reset_optimizer(self.v_optimizer, cfg.learning_rate)
+        begin_techniques(self.techniques, self.global_model.weights)
         loss_sum = correct = 0.0
         for _ in range(cfg.local_epochs):
             order = rng.permutation(len(data))
@@ -236,6 +244,7 @@ class PersonalTrainer:
             alpha=float(self.alpha.numpy()),
             loss=loss_sum / len(data),
             accuracy=correct / len(data),
+            metrics=dict(end_techniques(self.techniques, self.global_model.weights)),
         )
 
 

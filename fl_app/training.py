@@ -13,7 +13,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +26,7 @@ from fl_app.augmentation import Augmenter
 from fl_app.config import ClientConfig, DpSgdConfig, ModelConfig, RunConfig
 from fl_app.data import ArrayDataset
 from fl_app.models import build_model
+from fl_app.techniques import ClientTechnique, active_techniques, make_techniques
 
 log = logging.getLogger(__name__)
 keras = tf.keras
@@ -65,6 +69,8 @@ class ModelKey:
     scaler: bool = False  # HeteroFL's training-time scaler (narrow hetero clients)
     pruning: bool = False  # Conv2D/Dense wrapped by tfmot's prune_low_magnitude
     dpsgd: DpSgdConfig | None = None  # tensorflow-privacy's DP optimizer
+    # (name, config) of the client techniques that are on (fl_app.techniques)
+    techniques: tuple[tuple[str, Any], ...] = ()
 
 
 def model_key(
@@ -79,10 +85,41 @@ def model_key(
         width=cfg.model.width,
         pruning=cfg.pruning is not None,
         dpsgd=cfg.dpsgd,
+        techniques=active_techniques(cfg.extras),
     )
 
 
 _MODEL_CACHE: dict[ModelKey, keras.Model] = {}
+# The client techniques hooked into each compiled model's optimizer.
+_TECHNIQUES: weakref.WeakKeyDictionary[keras.Model, list[ClientTechnique]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def hook_techniques(
+    key: ModelKey, optimizer: keras.optimizers.Optimizer, variables: list
+) -> tuple[keras.optimizers.Optimizer, list[ClientTechnique]]:
+    """Let each technique of ``key`` wrap the optimizer that trains ``variables``."""
+    techniques = make_techniques(key.techniques)
+    for technique in techniques:
+        optimizer = technique.wrap_optimizer(optimizer, variables)
+    return optimizer, techniques
+
+
+def begin_techniques(techniques: list[ClientTechnique], variables: list) -> None:
+    """Start a local training for each technique (weights as the server sent)."""
+    for technique in techniques:
+        technique.begin(variables)
+
+
+def end_techniques(
+    techniques: list[ClientTechnique], variables: list
+) -> Mapping[str, float]:
+    """Finish a local training; return the techniques' metrics."""
+    metrics: dict[str, float] = {}
+    for technique in techniques:
+        metrics.update(technique.end(variables))
+    return metrics
 
 
 class LabelMaskedLoss:
@@ -188,6 +225,9 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
             loss = PerExampleLoss(loss)
         else:
             optimizer = make_optimizer(key.client)
+        optimizer, _TECHNIQUES[model] = hook_techniques(
+            key, optimizer, model.trainable_variables
+        )
         model.compile(
             optimizer=optimizer,
             loss=loss,
@@ -267,6 +307,8 @@ def train_local(
     classes in ``data``. Returns the loss and accuracy of the last epoch.
     """
     reset_optimizer(model.optimizer, cfg.learning_rate)
+    techniques = _TECHNIQUES.get(model, [])
+    begin_techniques(techniques, model.trainable_variables)
     mask = label_mask_of(model)
     if mask is not None:
         mask.set_classes(data.y)
@@ -280,7 +322,11 @@ def train_local(
     finally:
         if mask is not None:
             mask.set_classes(None)
-    return {"train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
+    return {
+        "train_loss": logs["loss"],
+        "train_accuracy": logs["accuracy"],
+        **end_techniques(techniques, model.trainable_variables),
+    }
 
 
 def train_local_dp(
@@ -302,6 +348,8 @@ def train_local_dp(
     from fl_app.privacy import dp_sgd_steps, poisson_batches
 
     reset_optimizer(model.optimizer, cfg.learning_rate)
+    techniques = _TECHNIQUES.get(model, [])
+    begin_techniques(techniques, model.trainable_variables)
     q = min(cfg.batch_size / len(data), 1.0)
     steps = dp_sgd_steps(len(data), cfg.batch_size, cfg.local_epochs)
     mask = label_mask_of(model)
@@ -329,6 +377,7 @@ def train_local_dp(
     return {
         "train_loss": float(logs.get("loss", np.nan)),
         "train_accuracy": float(logs.get("accuracy", np.nan)),
+        **end_techniques(techniques, model.trainable_variables),
     }
 
 
