@@ -76,6 +76,9 @@ class StrategySpec:
     width_slicing : bool
         Clients train width slices of the model (``strategy-capacities`` and its
         siblings apply; the strategy sets the widths, so ``model-width`` stays 1).
+    workflow : str
+        The ServerApp workflow that drives its rounds (``fl_app.server_app``
+        ``WORKFLOWS``); ``rounds``: FedAvg-style fit and evaluate rounds.
     """
 
     name: str
@@ -85,6 +88,7 @@ class StrategySpec:
     why_not_dp_sgd: str = ""
     personal_state: bool = False
     width_slicing: bool = False
+    workflow: str = "rounds"
 
 
 STRATEGY_SPECS: dict[str, StrategySpec] = {}

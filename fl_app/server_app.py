@@ -1,9 +1,11 @@
 """Flower ServerApp: strategy and workflow built from the run config; results written.
 
-The app uses ``@app.main`` with ``LegacyContext`` and ``DefaultWorkflow`` (not
-``server_fn``) so secure aggregation can later swap in ``SecAggPlusWorkflow`` as the
-fit workflow. It writes results to the absolute ``output-dir`` of the run config,
-because Flower discards the final Context.
+``main`` composes the parts of a run (:class:`ServerRun`: config, data, global
+model, strategy, results recorder), hands them to the round workflow the strategy's
+spec names (:data:`WORKFLOWS`; ``rounds``: Flower's ``DefaultWorkflow`` with a
+``LegacyContext``, SecAgg+ as its fit step when configured), and writes the summary
+the registered summary parts (:data:`SUMMARY_PARTS`) contribute. Results go to the
+absolute ``output-dir`` of the run config, because Flower discards the final Context.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +38,7 @@ from fl_app.config import (
     parse_run_config,
     register_strategy_spec,
 )
-from fl_app.data import ArrayDataset, load_federated_data
+from fl_app.data import ArrayDataset, FederatedData, load_federated_data
 from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
 from fl_app.slicing import model_layout, sizes_by_width
@@ -303,21 +305,175 @@ def fit_workflow(cfg: RunConfig):
     )
 
 
-def accuracy_by_width(
-    strategy: FedAvg, key: ModelKey, weights: NDArrays, test: ArrayDataset, seed: int
-) -> dict[str, float] | None:
+class CentralEvaluation:
+    """Evaluate global weights on the central test set; keep every round's figures.
+
+    Passed to the strategy as its ``evaluate_fn``; ``results`` maps a round to
+    ``(loss, accuracy)`` (round 0: the initial model).
+    """
+
+    def __init__(self, model: keras.Model, test: ArrayDataset) -> None:
+        self.model = model
+        self.test = test
+        self.results: dict[int, tuple[float, float]] = {}
+
+    def __call__(
+        self, server_round: int, weights: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, dict[str, Scalar]]:
+        """Evaluate ``weights``; return the loss and ``{"accuracy": ...}``."""
+        self.model.set_weights(weights)
+        loss, accuracy = evaluate_model(self.model, self.test)
+        self.results[server_round] = (loss, accuracy)
+        return loss, {"accuracy": accuracy}
+
+
+@dataclass
+class ServerRun:
+    """The parts of one run that workflows and summary parts read."""
+
+    cfg: RunConfig
+    context: Context
+    grid: Grid
+    data: FederatedData
+    key: ModelKey  # the global model's (plain, never pruning-wrapped)
+    model: keras.Model
+    strategy: FedAvg
+    recorder: RunRecorder
+    central: CentralEvaluation
+
+
+RoundWorkflow = Callable[[ServerRun], NDArrays]
+"""``workflow(run) -> final global weights``: drives the run's rounds through
+``run.grid``, writes each round's record with ``run.recorder`` and evaluates
+centrally through ``run.strategy`` (whose ``evaluate_fn`` is ``run.central``). The
+summary's final accuracy is ``run.central``'s figure for the last round (evaluated
+after the workflow if it has none): a workflow that returns other weights than those
+it evaluated last calls ``run.central`` on them itself."""
+
+WORKFLOWS: dict[str, RoundWorkflow] = {}
+
+
+def register_workflow(name: str, workflow: RoundWorkflow) -> None:
+    """Make ``name`` a workflow that ``StrategySpec.workflow`` can name."""
+    WORKFLOWS[name] = workflow
+
+
+def rounds_workflow(run: ServerRun) -> NDArrays:
+    """FedAvg-style rounds: Flower's ``DefaultWorkflow`` (fit, evaluate) per round.
+
+    The fit step is Flower's ``SecAggPlusWorkflow`` when ``secagg`` is on; after each
+    round's evaluate step, the strategy's round record is written.
+    """
+    cfg, strategy = run.cfg, run.strategy
+
+    def evaluate_and_record(grid: Grid, legacy: Context) -> None:
+        default_evaluate_workflow(grid, legacy)
+        server_round = cast(
+            int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
+        )
+        row = strategy.pop_round_record(server_round)
+        run.recorder.write_round(privacy_row(cfg, row))
+
+    legacy = LegacyContext(
+        context=run.context,
+        config=ServerConfig(
+            num_rounds=cfg.num_rounds, round_timeout=cfg.round_timeout or None
+        ),
+        strategy=wrap_client_dp(cfg, strategy),
+    )
+    DefaultWorkflow(
+        fit_workflow=fit_workflow(cfg), evaluate_workflow=evaluate_and_record
+    )(run.grid, legacy)
+    return legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+
+
+register_workflow("rounds", rounds_workflow)
+
+
+SummaryPart = Callable[[ServerRun, NDArrays], dict[str, Any]]
+"""``part(run, final_weights) -> summary fields``, after the last round."""
+
+SUMMARY_PARTS: list[SummaryPart] = []
+
+
+def register_summary_part(part: SummaryPart) -> SummaryPart:
+    """Add fields to every run's ``summary.json``; usable as a decorator."""
+    SUMMARY_PARTS.append(part)
+    return part
+
+
+@register_summary_part
+def central_summary(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
+    """Report the final and initial central accuracy, and what ran."""
+    final = run.central.results[run.cfg.num_rounds]
+    return {
+        "final_accuracy": final[1],
+        "final_loss": final[0],
+        "initial_accuracy": run.central.results.get(0, (None, None))[1],
+        "dataset": run.cfg.dataset.name,
+        "partition": run.cfg.partition.name,
+        "strategy": run.cfg.strategy,
+        "num_clients": run.cfg.num_clients,
+        "run_config": dict(run.context.run_config),
+    }
+
+
+@register_summary_part
+def accuracy_by_width(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
     """Central accuracy of the global model sliced to each width the strategy serves."""
+    strategy = run.strategy
     if not isinstance(strategy, HeteroSlicingFedAvg):
-        return None
+        return {"accuracy_by_width": None}
     result = {}
     for width, sizes in sorted(strategy.sizes_by_width.items(), reverse=True):
         windows = make_windows(strategy.full_sizes, sizes)
-        model = get_compiled_model(replace(key, width=width), seed)
+        model = get_compiled_model(replace(run.key, width=width), run.cfg.seed)
         model.set_weights(
             slice_weights(weights, strategy.layout, strategy.full_sizes, windows)
         )
-        result[str(width)] = evaluate_model(model, test)[1]
-    return result
+        result[str(width)] = evaluate_model(model, run.data.test)[1]
+    return {"accuracy_by_width": result}
+
+
+@register_summary_part
+def personalized_summary(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
+    """Example-weighted mean personalized accuracy on the clients' rows, last round."""
+    rows = run.recorder.rows
+    return {
+        "final_personalized_accuracy": rows[-1].get("federated_personalized_accuracy")
+        if rows
+        else None
+    }
+
+
+@register_summary_part
+def privacy_summary(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
+    """Report the largest sample-level ε any client reported; the client-level ε."""
+    rows = run.recorder.rows
+    return {
+        "epsilon_sample_level_max": max(
+            (
+                row["epsilon_sample_level_max"]
+                for row in rows
+                if row.get("epsilon_sample_level_max") is not None
+            ),
+            default=None,
+        ),
+        "epsilon_client_level": client_level_epsilon(run.cfg, len(rows)),
+    }
+
+
+def build_workflow(cfg: RunConfig) -> RoundWorkflow:
+    """Return the workflow the strategy's spec names."""
+    name = STRATEGY_SPECS[cfg.strategy].workflow
+    workflow = WORKFLOWS.get(name)
+    if workflow is None:
+        raise ConfigError(
+            f"run config key 'strategy': {cfg.strategy!r} runs workflow {name!r}, "
+            f"which is not registered (register_workflow); registered: "
+            f"{', '.join(WORKFLOWS)}"
+        )
+    return workflow
 
 
 @app.main()
@@ -330,6 +486,7 @@ def main(grid: Grid, context: Context) -> None:
     log.info("fl-dnn run %s writes results to %s", context.run_id, output_dir)
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     np.random.seed(cfg.seed)  # Flower's DP wrappers draw noise from numpy's global RNG
+    workflow = build_workflow(cfg)
     wait_for_nodes(grid, cfg.num_clients)
     tune_grid(grid)
 
@@ -337,84 +494,30 @@ def main(grid: Grid, context: Context) -> None:
     # The server evaluates plain models; pruning wrappers are a client's training aid.
     key = replace(model_key(cfg, data.input_shape, data.num_classes), pruning=False)
     model = get_compiled_model(key, cfg.seed)
-    initial_weights = model.get_weights()
-    central: dict[int, tuple[float, float]] = {}
-
-    def evaluate_central(
-        server_round: int, weights: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[float, dict[str, Scalar]]:
-        model.set_weights(weights)
-        loss, accuracy = evaluate_model(model, data.test)
-        central[server_round] = (loss, accuracy)
-        return loss, {"accuracy": accuracy}
-
+    central = CentralEvaluation(model, data.test)
     strategy = build_strategy(
         cfg,
         model,
         num_clients=cfg.num_clients,
         clients_per_round=cfg.clients_per_round,
         evaluate_clients_per_round=cfg.evaluate_clients_per_round,
-        initial_parameters=ndarrays_to_parameters(initial_weights),
-        evaluate_fn=evaluate_central,
+        initial_parameters=ndarrays_to_parameters(model.get_weights()),
+        evaluate_fn=central,
     )
     recorder = RunRecorder(output_dir, cfg.num_rounds)
+    run = ServerRun(cfg, context, grid, data, key, model, strategy, recorder, central)
+    final_weights = workflow(run)
 
-    def evaluate_and_record(grid: Grid, legacy: Context) -> None:
-        default_evaluate_workflow(grid, legacy)
-        server_round = cast(
-            int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
-        )
-        recorder.write_round(privacy_row(cfg, strategy.pop_round_record(server_round)))
-
-    legacy = LegacyContext(
-        context=context,
-        config=ServerConfig(
-            num_rounds=cfg.num_rounds, round_timeout=cfg.round_timeout or None
-        ),
-        strategy=wrap_client_dp(cfg, strategy),
-    )
-    DefaultWorkflow(
-        fit_workflow=fit_workflow(cfg), evaluate_workflow=evaluate_and_record
-    )(grid, legacy)
-
-    final_weights = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
-    final_round = cfg.num_rounds
-    if final_round not in central:
-        evaluate_central(final_round, final_weights, {})
+    if cfg.num_rounds not in central.results:
+        central(cfg.num_rounds, final_weights, {})
+    fields: dict[str, Any] = {}
+    for part in SUMMARY_PARTS:
+        fields.update(part(run, final_weights))
     model.set_weights(final_weights)
     if cfg.save_model:
         model.save(output_dir / MODEL_FILE)
-    summary = recorder.write_summary(
-        {
-            "final_accuracy": central[final_round][1],
-            "final_loss": central[final_round][0],
-            "accuracy_by_width": accuracy_by_width(
-                strategy, key, final_weights, data.test, cfg.seed
-            ),
-            "initial_accuracy": central.get(0, (None, None))[1],
-            # example-weighted mean over the clients' own held-out rows (last round)
-            "final_personalized_accuracy": recorder.rows[-1].get(
-                "federated_personalized_accuracy"
-            )
-            if recorder.rows
-            else None,
-            "epsilon_sample_level_max": max(
-                (
-                    row["epsilon_sample_level_max"]
-                    for row in recorder.rows
-                    if row.get("epsilon_sample_level_max") is not None
-                ),
-                default=None,
-            ),
-            "epsilon_client_level": client_level_epsilon(cfg, len(recorder.rows)),
-            "wall_time_s": time.perf_counter() - started,
-            "dataset": cfg.dataset.name,
-            "partition": cfg.partition.name,
-            "strategy": cfg.strategy,
-            "num_clients": cfg.num_clients,
-            "run_config": dict(context.run_config),
-        }
-    )
+    fields["wall_time_s"] = time.perf_counter() - started
+    summary = recorder.write_summary(fields)
     log.info(
         "finished %d rounds: final central accuracy %.4f, %d bytes up, %d bytes down",
         summary["rounds"],

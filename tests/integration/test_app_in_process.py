@@ -205,3 +205,55 @@ def test_a_strategy_registered_in_a_test_runs_end_to_end(tmp_path, monkeypatch):
     assert all(row["num_rejected"] == 0 for row in rows)
     ups = {c["bytes_up"] for row in rows for c in row["clients"]}
     assert max(ups) < dense_model_bytes() / 3
+
+
+def test_a_workflow_and_summary_part_registered_in_a_test_drive_the_run(
+    tmp_path, monkeypatch
+):
+    from fl_app import server_app
+    from fl_app.config import STRATEGY_SPECS, StrategySpec
+
+    # Prepare: a strategy whose spec names its own workflow; the workflow runs the
+    # usual rounds, then hands back the initial model instead of the trained one
+    seen, initial = [], []
+
+    def keep_initial(run):
+        initial.extend(run.model.get_weights())
+        server_app.rounds_workflow(run)
+        seen.append(run.strategy)
+        return initial
+
+    monkeypatch.setitem(
+        STRATEGY_SPECS, "kept", StrategySpec("kept", workflow="keep-initial")
+    )
+    monkeypatch.setitem(
+        server_app.STRATEGY_BUILDERS, "kept", server_app.STRATEGY_BUILDERS["fedavg"]
+    )
+    monkeypatch.setitem(server_app.WORKFLOWS, "keep-initial", keep_initial)
+    monkeypatch.setattr(
+        server_app,
+        "SUMMARY_PARTS",
+        [*server_app.SUMMARY_PARTS, lambda run, weights: {"workflow_calls": len(seen)}],
+    )
+    out = tmp_path / "run"
+
+    # Execute
+    run_in_process([*THREE, "num_rounds=2", "strategy.name=kept"], out)
+
+    # Assert: the ServerApp ran the spec's workflow once, saved the model it
+    # returned, and wrote the registered summary field
+    summary = summary_of(out)
+    assert summary["workflow_calls"] == 1 and summary["rounds"] == 2
+    assert len(read_rows(out)) == 2
+    np.testing.assert_array_equal(
+        final_weights(out), np.concatenate([w.ravel() for w in initial])
+    )
+
+
+def test_fedprox_clients_report_their_distance_to_the_global_model(tmp_path):
+    out = tmp_path / "run"
+    run_in_process([*THREE, "num_rounds=2", "save_model=false", "client=fedprox"], out)
+    rows = read_rows(out)
+    distances = [c["proximal_distance"] for row in rows for c in row["clients"]]
+    assert len(distances) == 6 and all(d > 0 for d in distances)
+    assert summary_of(out)["run_config"]["client-proximal-mu"] == 0.01
