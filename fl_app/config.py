@@ -6,6 +6,12 @@ Flower hands every app a flat mapping of kebab-case keys (defaults in
 frozen dataclasses and rejects every invalid value before any training starts, with
 an error that names the key, the value received and what is allowed.
 
+Each setting is declared once, on the dataclass that holds it (``setting(...)`` and
+``section(...)``, :mod:`fl_app.schema`); the flat keys, defaults, checks, parsing and
+``[tool.flwr.app.config]`` derive from those declarations. Rules that span settings
+are the dataclasses' ``validate(run)`` methods, and they ask a strategy's
+:class:`StrategySpec` for its capabilities rather than naming strategies.
+
 This module imports neither TensorFlow nor Flower so that the Hydra entry point can
 validate a configuration in milliseconds.
 """

@@ -1,7 +1,9 @@
 """Write ``[tool.flwr.app.config]`` of ``pyproject.toml`` from the run-config schema.
 
 Flower reads the app's run-config keys and defaults from that table; the schema
-(``fl_app.config.FIELDS``) is where they are declared. Run this after changing a field:
+(the ``setting`` declarations on ``fl_app.config``'s dataclasses and the registered
+sections, see ``fl_app.schema``) is where they are declared. Run this after changing a
+setting:
 
     uv run python scripts/write_app_config.py          # rewrite the table
     uv run python scripts/write_app_config.py --check  # exit 1 if it is out of date
