@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import fl_app.techniques  # noqa: F401  (registers the client techniques' settings)
 from fl_app.schema import (
     ConfigError,
     Setting,
@@ -610,8 +609,8 @@ class SecAggConfig:
             )
 
 
-def _strategy_has(capability: str) -> Callable[[Any, Mapping[str, Any]], bool]:
-    return lambda _, flat: getattr(STRATEGY_SPECS[flat["strategy"]], capability)
+def _strategy_has(capability: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda flat: getattr(STRATEGY_SPECS[flat["strategy"]], capability)
 
 
 @dataclass(frozen=True)
@@ -647,17 +646,17 @@ class RunConfig:
     model: ModelConfig = section(ModelConfig, "model")
     client: ClientConfig = section(ClientConfig, "client")
     pruning: PruningConfig | None = section(
-        PruningConfig, "pruning", lambda p, _: p.schedule != "none"
+        PruningConfig, "pruning", lambda flat: flat["pruning"] != "none"
     )
     compression: CompressionConfig = section(CompressionConfig, "compression")
     dpsgd: DpSgdConfig | None = section(
-        DpSgdConfig, "dpsgd", lambda d, _: d.optimizer != "none"
+        DpSgdConfig, "dpsgd", lambda flat: flat["dpsgd"] != "none"
     )
     client_dp: ClientDpConfig | None = section(
-        ClientDpConfig, "clientdp", lambda c, _: c.mode != "none"
+        ClientDpConfig, "clientdp", lambda flat: flat["clientdp"] != "none"
     )
     secagg: SecAggConfig | None = section(
-        SecAggConfig, "secagg", lambda s, _: s.enabled
+        SecAggConfig, "secagg", lambda flat: flat["secagg"]
     )
     # Settings of features registered in their own modules (schema.register_section):
     # (name, built config) for each one that is on.
@@ -685,7 +684,15 @@ class RunConfig:
 
 def run_config_fields() -> dict[str, Setting]:
     """Return every flat run-config key with its declaration, in a stable order."""
-    return {key: spec for key, _, spec in flat_settings(RunConfig)}
+    found: dict[str, tuple[str, Setting]] = {}
+    for key, path, spec in flat_settings(RunConfig):
+        if key in found:
+            raise ConfigError(
+                f"run config key '{key}' is declared twice: by {found[key][0]} and "
+                f"by {path}; give one of them another name or prefix"
+            )
+        found[key] = (path, spec)
+    return {key: spec for key, (_, spec) in found.items()}
 
 
 def default_run_config() -> dict[str, Any]:
@@ -775,3 +782,8 @@ def flatten_nested(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any
         else:
             flat[key] = value
     return flat
+
+
+# Last, so a technique module may import this one: every module of the package is
+# imported here and registers its settings (fl_app.techniques).
+import fl_app.techniques  # noqa: E402, F401

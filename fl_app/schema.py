@@ -50,7 +50,7 @@ class Setting:
     rule: str = ""
     check: Callable[[Any], bool] | None = None
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
-    help: str = ""
+    help: str = ""  # what the setting does; quoted in its error messages
     key: str | None = None
     # flat value -> the dataclass field's value (e.g. "a,b" -> ("a", "b")); it may
     # raise ConfigError for values the type check cannot judge
@@ -72,8 +72,9 @@ class Section:
 
     cls: type
     prefix: str
-    # (built section, coerced flat values) -> present?; None: always present
-    when: Callable[[Any, Mapping[str, Any]], bool] | None = None
+    # coerced flat values -> present?; None: always present. Read before the
+    # section is built, so an absent section's settings are never parsed.
+    when: Callable[[Mapping[str, Any]], bool] | None = None
 
 
 def setting(
@@ -95,7 +96,7 @@ def setting(
 def section(
     cls: type,
     prefix: str,
-    when: Callable[[Any, Mapping[str, Any]], bool] | None = None,
+    when: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Any:
     """Declare a dataclass field as a nested config (use as its default).
 
@@ -126,13 +127,14 @@ def register_section(
     name: str,
     cls: type,
     prefix: str,
-    when: Callable[[Any, Mapping[str, Any]], bool] | None = None,
+    when: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Section:
     """Add a feature's own settings to the run config, under ``extras[name]``.
 
     ``cls`` is a dataclass whose fields are declared with :func:`setting`; ``when``
-    decides, from the built value and the flat values, whether the feature is on
-    (off: it is left out of ``RunConfig.extras``).
+    decides, from the flat values, whether the feature is on (off: it is left out
+    of ``RunConfig.extras``). Its flat keys must not collide with any other
+    setting's (``fl_app.config.run_config_fields`` refuses duplicates).
     """
     spec = Section(cls, prefix, when)
     EXTRA_SECTIONS[name] = spec
@@ -180,12 +182,14 @@ def coerce(key: str, value: Any, spec: Setting) -> Any:
         raise ConfigError(
             f"run config key '{key}': expected {kind.__name__}, "
             f"received {value!r} ({type(value).__name__})"
+            + (f"; {spec.help}" if spec.help else "")
         )
+    about = f" ({spec.help})" if spec.help else ""
     choices = spec.allowed()
     if choices is not None and value not in choices:
-        raise fail(key, value, ", ".join(choices))
+        raise fail(key, value, ", ".join(choices) + about)
     if spec.check is not None and not spec.check(value):
-        raise fail(key, value, spec.rule)
+        raise fail(key, value, spec.rule + about)
     return value
 
 
@@ -215,9 +219,9 @@ def build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
 
 
 def _build_section(sub: Section, values: Mapping[str, Any]) -> Any:
-    built = build(sub.cls, values, sub.prefix)
-    if sub.when is not None and not sub.when(built, values):
+    if sub.when is not None and not sub.when(values):
         return None
+    built = build(sub.cls, values, sub.prefix)
     resolved = getattr(built, "resolved", None)
     return resolved() if callable(resolved) else built
 

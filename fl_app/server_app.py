@@ -316,6 +316,13 @@ class CentralEvaluation:
         self.model = model
         self.test = test
         self.results: dict[int, tuple[float, float]] = {}
+        self.last: NDArrays | None = None  # the weights evaluated last
+
+    def evaluated_last(self, weights: NDArrays) -> bool:
+        """Whether ``weights`` are (equal to) the weights evaluated last."""
+        return self.last is not None and all(
+            np.array_equal(a, b) for a, b in zip(self.last, weights, strict=True)
+        )
 
     def __call__(
         self, server_round: int, weights: NDArrays, config: dict[str, Scalar]
@@ -324,6 +331,7 @@ class CentralEvaluation:
         self.model.set_weights(weights)
         loss, accuracy = evaluate_model(self.model, self.test)
         self.results[server_round] = (loss, accuracy)
+        self.last = [np.array(w, copy=True) for w in weights]
         return loss, {"accuracy": accuracy}
 
 
@@ -346,9 +354,8 @@ RoundWorkflow = Callable[[ServerRun], NDArrays]
 """``workflow(run) -> final global weights``: drives the run's rounds through
 ``run.grid``, writes each round's record with ``run.recorder`` and evaluates
 centrally through ``run.strategy`` (whose ``evaluate_fn`` is ``run.central``). The
-summary's final accuracy is ``run.central``'s figure for the last round (evaluated
-after the workflow if it has none): a workflow that returns other weights than those
-it evaluated last calls ``run.central`` on them itself."""
+returned weights are what the summary's final accuracy describes and what is saved;
+they are evaluated again only if they are not the weights evaluated last."""
 
 WORKFLOWS: dict[str, RoundWorkflow] = {}
 
@@ -491,8 +498,13 @@ def main(grid: Grid, context: Context) -> None:
     tune_grid(grid)
 
     data = load_federated_data(cfg)
-    # The server evaluates plain models; pruning wrappers are a client's training aid.
-    key = replace(model_key(cfg, data.input_shape, data.num_classes), pruning=False)
+    # The server evaluates plain models: pruning wrappers and client techniques'
+    # optimizer hooks are a client's training aids.
+    key = replace(
+        model_key(cfg, data.input_shape, data.num_classes),
+        pruning=False,
+        techniques=(),
+    )
     model = get_compiled_model(key, cfg.seed)
     central = CentralEvaluation(model, data.test)
     strategy = build_strategy(
@@ -508,7 +520,9 @@ def main(grid: Grid, context: Context) -> None:
     run = ServerRun(cfg, context, grid, data, key, model, strategy, recorder, central)
     final_weights = workflow(run)
 
-    if cfg.num_rounds not in central.results:
+    if cfg.num_rounds not in central.results or not central.evaluated_last(
+        final_weights
+    ):
         central(cfg.num_rounds, final_weights, {})
     fields: dict[str, Any] = {}
     for part in SUMMARY_PARTS:

@@ -27,7 +27,7 @@ import pkgutil
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from fl_app.schema import register_section
+from fl_app.schema import build, register_section
 
 
 class ClientTechnique:
@@ -73,7 +73,12 @@ CLIENT_TECHNIQUES: dict[str, type[ClientTechnique]] = {}
 
 def register_client_technique(cls: type[ClientTechnique]) -> type[ClientTechnique]:
     """Register a technique and its settings; usable as a class decorator."""
-    register_section(cls.name, cls.Config, cls.prefix, lambda c, _: cls.enabled(c))
+    register_section(
+        cls.name,
+        cls.Config,
+        cls.prefix,
+        lambda flat: cls.enabled(build(cls.Config, flat, cls.prefix)),
+    )
     CLIENT_TECHNIQUES[cls.name] = cls
     return cls
 

@@ -240,11 +240,12 @@ def test_a_workflow_and_summary_part_registered_in_a_test_drive_the_run(
     # Execute
     run_in_process([*THREE, "num_rounds=2", "strategy.name=kept"], out)
 
-    # Assert: the ServerApp ran the spec's workflow once, saved the model it
-    # returned, and wrote the registered summary field
+    # Assert: the ServerApp ran the spec's workflow once, evaluated and saved the
+    # model it returned, and wrote the registered summary field
     summary = summary_of(out)
     assert summary["workflow_calls"] == 1 and summary["rounds"] == 2
     assert len(read_rows(out)) == 2
+    assert summary["final_accuracy"] == summary["initial_accuracy"]
     np.testing.assert_array_equal(
         final_weights(out), np.concatenate([w.ravel() for w in initial])
     )
