@@ -249,3 +249,48 @@ def test_config_rules_read_a_strategys_capabilities_not_its_name(monkeypatch):
     # and the strategy key names every registered strategy when it refuses one
     with pytest.raises(ConfigError, match="dense-new, shaped-new"):
         parse_run_config({"strategy": "unknown"})
+
+
+def test_config_settings_of_an_absent_section_are_not_parsed():
+    # capacities belong to width slicing: FedAvg ignores them, hetero parses them
+    assert parse_run_config({"strategy-capacities": "not pairs"}).hetero is None
+    with pytest.raises(ConfigError, match="strategy-capacities.*width:share"):
+        parse_run_config({"strategy": "hetero", "strategy-capacities": "not pairs"})
+
+
+def test_config_a_registered_section_adds_keys_and_a_duplicate_key_is_refused(
+    monkeypatch,
+):
+    from dataclasses import dataclass
+
+    from fl_app import schema
+
+    @dataclass(frozen=True)
+    class Extra:
+        level: int = schema.setting(0, ">= 0", lambda v: v >= 0, help="how much")
+
+    monkeypatch.setattr(schema, "EXTRA_SECTIONS", dict(schema.EXTRA_SECTIONS))
+    schema.register_section(
+        "extra", Extra, "client-extra", lambda f: f["client-extra-level"] > 0
+    )
+    assert default_run_config()["client-extra-level"] == 0
+    assert parse_run_config({}).extra("extra") is None
+    assert parse_run_config({"client-extra-level": 3}).extra("extra") == Extra(3)
+    with pytest.raises(ConfigError, match=r"client-extra-level.*-1.*>= 0 \(how much\)"):
+        parse_run_config({"client-extra-level": -1})
+    # a second section whose key collides with FedProx's
+    schema.register_section("clash", _mu_section(), "client-proximal")
+    with pytest.raises(ConfigError, match="client-proximal-mu' is declared twice"):
+        parse_run_config({})
+
+
+def _mu_section():
+    from dataclasses import dataclass
+
+    from fl_app import schema
+
+    @dataclass(frozen=True)
+    class Mu:
+        mu: float = schema.setting(0.0)
+
+    return Mu
