@@ -15,8 +15,9 @@ A client is composed of parts, each chosen from the run config:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
@@ -86,6 +87,30 @@ def client_data(
         else data.clients[partition_id]
     )
     return rows, data.input_shape, data.num_classes
+
+
+def node_partition(
+    cfg: RunConfig, node_config: Mapping[str, Any], node_id: int
+) -> tuple[int, str | None]:
+    """Return the node's partition id and data file from its node config.
+
+    The node config names either a partition of the run's dataset
+    (``partition-id``, ``num-partitions``) or a file (``data-path``; the partition id,
+    if given, still orders and seeds the client, else one is derived from the node id).
+    """
+    data_path = node_config.get("data-path")
+    if data_path is not None:
+        if not isinstance(data_path, str) or not data_path:
+            raise ConfigError(f"node config data-path={data_path!r}: expected a path")
+        return int(node_config.get("partition-id", node_id % 2**31)), data_path
+    if "partition-id" not in node_config or "num-partitions" not in node_config:
+        raise ConfigError(
+            "node config needs partition-id and num-partitions, or data-path; "
+            f"got {dict(node_config)}"
+        )
+    partition_id = int(node_config["partition-id"])
+    check_partition(cfg, partition_id, int(node_config["num-partitions"]))
+    return partition_id, None
 
 
 class Transport:

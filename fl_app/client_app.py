@@ -11,8 +11,9 @@ from flwr.clientapp import ClientApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.capacities import partition_capacity
-from fl_app.client import KerasClient, check_partition
+from fl_app.client import KerasClient, node_partition
 from fl_app.config import ConfigError, RunConfig, parse_run_config
+from fl_app.split_client import split_mod
 
 
 def client_fn(context: Context) -> Client:
@@ -22,21 +23,7 @@ def client_fn(context: Context) -> Client:
     (``partition-id``, ``num-partitions``) or a file (``data-path``).
     """
     cfg = parse_run_config(context.run_config)
-    node = context.node_config
-    data_path = node.get("data-path")
-    if data_path is not None:
-        if not isinstance(data_path, str) or not data_path:
-            raise ConfigError(f"node config data-path={data_path!r}: expected a path")
-        # a stable id for ordering and seeding: the partition id if given
-        partition_id = int(node.get("partition-id", context.node_id % 2**31))
-    else:
-        if "partition-id" not in node or "num-partitions" not in node:
-            raise ConfigError(
-                "node config needs partition-id and num-partitions, or data-path; "
-                f"got {dict(node)}"
-            )
-        partition_id = int(node["partition-id"])
-        check_partition(cfg, partition_id, int(node["num-partitions"]))
+    partition_id, data_path = node_partition(cfg, context.node_config, context.node_id)
     return KerasClient(
         cfg,
         partition_id,
@@ -95,4 +82,5 @@ def privacy_mods(
     return handler(msg, context)
 
 
-app = ClientApp(client_fn=client_fn, mods=[privacy_mods])
+# split_mod answers split training's own messages and passes the rest on.
+app = ClientApp(client_fn=client_fn, mods=[split_mod, privacy_mods])

@@ -609,6 +609,101 @@ class SecAggConfig:
             )
 
 
+SPLIT_MODES = ("none", "splitfed_v1", "splitfed_v2", "local_loss")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Split training: clients run the model up to ``cut_layer``, the server the rest.
+
+    ``splitfed_v1``: clients in parallel, one server-side copy per client, averaged
+    after the round (Thapa et al., 2022); ``splitfed_v2``: one server-side model,
+    the clients' batches in turn; ``local_loss``: clients train their part with an
+    auxiliary head and send cut activations once per round (Han et al., 2021).
+    ``chunk`` mini-batches travel per message.
+    """
+
+    mode: str = setting("none", choices=SPLIT_MODES, key="split")
+    cut_layer: str = setting("auto")
+    chunk: int = setting(
+        8, ">= 1 (mini-batches per message; splitfed modes)", _positive
+    )
+
+    def validate(self, run: RunConfig) -> None:
+        """Check the cut against the model; refuse what cannot combine with it."""
+        model, names = run.model.name, MODEL_LAYERS[run.model.name]
+        if len(names) < 2:
+            raise fail(
+                "model",
+                model,
+                f"a model with a hidden layer (cnn, mlp) with split={self.mode}: "
+                f"'{model}' has only {', '.join(names)}, nothing to cut",
+            )
+        if self.cut_layer != "auto" and self.cut_layer not in names[:-1]:
+            raise fail(
+                "split-cut-layer",
+                self.cut_layer,
+                f"'auto' or a layer of model '{model}' other than its last: "
+                f"{', '.join(names[:-1])} (cutting after {names[-1]} would leave "
+                "the server part empty)",
+            )
+        spec = _spec(run)
+        why = f"with split={self.mode}"
+        refusals = (
+            (
+                spec.personal_state,
+                "strategy",
+                run.strategy,
+                "a strategy without "
+                f"personal models {why} (the server holds part of every model)",
+            ),
+            (
+                spec.width_slicing,
+                "strategy",
+                run.strategy,
+                f"a strategy without width slicing {why}",
+            ),
+            (
+                run.secagg is not None,
+                "secagg",
+                True,
+                f"false {why}: SecAgg+ sums "
+                "model updates, it cannot hide cut activations from the server",
+            ),
+            (
+                run.compression.active,
+                "compression",
+                run.compression.upload,
+                f"'none' (and no delta or download codec) {why}",
+            ),
+            (run.pruning is not None, "pruning", "on", f"'none' {why}"),
+            (
+                run.dpsgd is not None,
+                "dpsgd",
+                "on",
+                f"'none' {why} (the server trains on raw cut activations)",
+            ),
+            (run.client_dp is not None, "clientdp", "on", f"'none' {why}"),
+            (
+                run.client.augmentation.active,
+                "client-augmentation",
+                run.client.augmentation.name,
+                f"'none' {why} (the backward step "
+                "recomputes the forward pass from the stored batch indices)",
+            ),
+            (run.client.label_mask, "client-label-mask", True, f"false {why}"),
+        )
+        for refused, key, value, allowed in refusals:
+            if refused:
+                raise fail(key, value, allowed)
+        if run.extras:
+            names = ", ".join(name for name, _ in run.extras)
+            raise ConfigError(
+                f"run config: split={self.mode} runs no client techniques; turn "
+                f"off {names}"
+            )
+
+
 def _strategy_has(capability: str) -> Callable[[Mapping[str, Any]], bool]:
     return lambda flat: getattr(STRATEGY_SPECS[flat["strategy"]], capability)
 
@@ -657,6 +752,9 @@ class RunConfig:
     )
     secagg: SecAggConfig | None = section(
         SecAggConfig, "secagg", lambda flat: flat["secagg"]
+    )
+    split: SplitConfig | None = section(
+        SplitConfig, "split", lambda flat: flat["split"] != "none"
     )
     # Settings of features registered in their own modules (schema.register_section):
     # (name, built config) for each one that is on.

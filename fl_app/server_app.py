@@ -472,7 +472,8 @@ def privacy_summary(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
 
 def build_workflow(cfg: RunConfig) -> RoundWorkflow:
     """Return the workflow the strategy's spec names."""
-    name = STRATEGY_SPECS[cfg.strategy].workflow
+    # split training has its own message flow (fl_app.split_server)
+    name = "split" if cfg.split is not None else STRATEGY_SPECS[cfg.strategy].workflow
     workflow = WORKFLOWS.get(name)
     if workflow is None:
         raise ConfigError(
@@ -539,3 +540,7 @@ def main(grid: Grid, context: Context) -> None:
         summary["bytes_up"],
         summary["bytes_down"],
     )
+
+
+# Last: registers the split workflow, which builds on the names above.
+from fl_app import split_server  # noqa: E402, F401

@@ -258,3 +258,39 @@ def test_fedprox_clients_report_their_distance_to_the_global_model(tmp_path):
     distances = [c["proximal_distance"] for row in rows for c in row["clients"]]
     assert len(distances) == 6 and all(d > 0 for d in distances)
     assert summary_of(out)["run_config"]["client-proximal-mu"] == 0.01
+
+
+@pytest.mark.parametrize("mode", ["splitfed_v1", "splitfed_v2", "local_loss"])
+def test_split_training_end_to_end(tmp_path, mode):
+    out = tmp_path / "run"
+    run_in_process(
+        [
+            "num_clients=3",
+            "clients_per_round=2",
+            "evaluate_clients_per_round=2",
+            "num_rounds=2",
+            f"split={mode}",
+            "split.chunk=2" if mode != "local_loss" else "client.local_epochs=2",
+        ],
+        out,
+    )
+    rows, summary = read_rows(out), summary_of(out)
+    assert [row["round"] for row in rows] == [1, 2]
+    for row in rows:
+        assert len(row["clients"]) == 2 and row["num_failures"] == 0
+        assert row["num_rejected"] == 0 and row["bytes_activations"] > 0
+        assert row["bytes_weights_up"] > 0 and row["bytes_weights_down"] > 0
+        # the training clients' bytes, plus the evaluation exchange's
+        assert row["bytes_up"] > sum(c["bytes_up"] for c in row["clients"]) > 0
+        assert 0 <= row["federated_accuracy"] <= 1
+        if mode == "local_loss":  # one exchange per round, no gradient travels
+            assert row["bytes_gradients"] == 0
+        else:
+            assert row["bytes_gradients"] > 0 and row["messages"] > 4
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
+    assert summary["split_mode"] == mode and summary["cut_layer"] == "conv1"
+    assert summary["client_param_share"] < 0.25
+    assert (out / "split_bytes.png").is_file()
+    # the saved model is the whole CNN (3*3*32+32 + 3*3*32*64+64 + 1024*128+128
+    # + 128*10+10 weights): the joined client and server parts
+    assert final_weights(out).size == 151_306

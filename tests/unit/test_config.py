@@ -62,6 +62,7 @@ GROUPS = [
     "dpsgd",
     "clientdp",
     "secagg",
+    "split",
 ]
 
 
