@@ -80,3 +80,36 @@ def test_tls_authenticated_deployment_survives_a_killed_node_and_refuses_another
     assert rows[1]["num_failures"] == 1 == summary["client_failures"]
     assert [c["partition_id"] for c in rows[1]["clients"]] == [0, 1]
     assert (out / "accuracy_loss.png").stat().st_size > 0
+
+
+def test_split_training_over_a_tls_authenticated_deployment(
+    tmp_path, no_leftover_processes
+):
+    creds = make_credentials(tmp_path / "certs", 2)
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    with LocalDeployment(nodes, credentials=creds, authenticate=True) as deployment:
+        # each message starts a fresh ClientApp process: the round's client part,
+        # optimizer and batch order cross between them in the node state only
+        result = run_entry(
+            [
+                "simulation=deployment",
+                f"simulation.address={deployment.link.address}",
+                f"simulation.root_certificates={creds.ca_cert}",
+                "num_clients=2",
+                "clients_per_round=2",
+                "evaluate_clients_per_round=0",
+                "num_rounds=1",
+                "split=splitfed_v1",
+                "split.chunk=32",
+                "save_model=false",
+            ],
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stdout
+        assert "activations reveal information about the inputs" in result.stdout
+    (row,) = read_rows(tmp_path / "run")
+    assert row["num_failures"] == 0 and row["num_rejected"] == 0
+    assert {c["partition_id"] for c in row["clients"]} == {0, 1}
+    assert row["bytes_gradients"] > 0 and row["bytes_weights_up"] > 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
