@@ -106,10 +106,21 @@ def forward_flops(model: keras.Model) -> int:
     return int(flops)
 
 
+def aux_head_params(cut_shape: tuple[int, ...], num_classes: int) -> int:
+    """Weights of ``local_loss``'s auxiliary head on activations of ``cut_shape``.
+
+    Feature maps are averaged per channel first (``GlobalAveragePooling2D``),
+    vectors used as they are; then one dense softmax layer.
+    """
+    inputs = cut_shape[-1] if len(cut_shape) == 3 else int(np.prod(cut_shape))
+    return (inputs + 1) * num_classes
+
+
 def client_shares(model: keras.Model, cut: str) -> dict[str, float]:
     """Return the client part's share of the parameters and of the forward FLOPs."""
     client, _ = split_model(model, cut)
     return {
+        "client_params": client.count_params(),
         "client_param_share": client.count_params() / model.count_params(),
         "client_flops_share": forward_flops(client) / forward_flops(model),
         "cut_activation_floats": int(np.prod(client.output.shape[1:])),
@@ -155,9 +166,16 @@ class ClientPart:
         self.variables = list(self.model.trainable_variables)
         self.aux = None
         if local_loss:  # Han et al.: a small classifier on the cut activations
+            # feature maps are pooled per channel first, so the head stays small
+            # (32 * 10 + 10 weights after the CNN's conv1, not 2048 * 10 + 10)
+            pool = (
+                keras.layers.GlobalAveragePooling2D(name="aux_pool")
+                if len(self.model.output.shape) == 4
+                else keras.layers.Flatten(name="aux_flatten")
+            )
             self.aux = keras.Sequential(
                 [
-                    keras.layers.Flatten(name="aux_flatten"),
+                    pool,
                     keras.layers.Dense(
                         key.num_classes, activation="softmax", name="aux_classifier"
                     ),

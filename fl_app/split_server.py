@@ -52,8 +52,10 @@ from fl_app.split import (
     ClientPart,
     ServerPart,
     arrays,
+    aux_head_params,
     client_shares,
     cut_layer,
+    split_model,
 )
 from strategies.aggregation import check_update
 
@@ -463,6 +465,9 @@ def split_summary(run: ServerRun, weights: list[np.ndarray]) -> dict[str, Any]:
         "cut_layer": cut,
         **client_shares(run.model, cut),
     }
+    if run.cfg.split.mode == "local_loss":  # the client also trains its aux head
+        cut_shape = tuple(split_model(run.model, cut)[0].output.shape[1:])
+        summary["client_aux_params"] = aux_head_params(cut_shape, run.data.num_classes)
     if rows:
         summary["bytes_per_round"] = float(
             np.mean([r["bytes_up"] + r["bytes_down"] for r in rows])
