@@ -72,6 +72,7 @@ def figures(output_dir: Path, summary: dict) -> dict:
             {
                 key: summary[key]
                 for key in (
+                    "client_params",
                     "client_param_share",
                     "client_flops_share",
                     "cut_activation_floats",
@@ -81,6 +82,9 @@ def figures(output_dir: Path, summary: dict) -> dict:
             }
         )
         result.update({k: statistics.mean(r[k] for r in rows) for k in KINDS})
+        for key in ("client_aux_params", "client_param_share_with_aux"):
+            if key in summary:  # local_loss: the client also trains an aux head
+                result[key] = summary[key]
     return result
 
 

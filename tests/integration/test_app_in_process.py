@@ -290,6 +290,11 @@ def test_split_training_end_to_end(tmp_path, mode):
     assert summary["final_accuracy"] > summary["initial_accuracy"]
     assert summary["split_mode"] == mode and summary["cut_layer"] == "conv1"
     assert summary["client_param_share"] < 0.25
+    if mode == "local_loss":  # conv1 (320) + its flattened softmax head (20,490)
+        assert summary["client_aux_params"] == 2048 * 10 + 10
+        assert summary["client_param_share_with_aux"] == pytest.approx(
+            (320 + 20_490) / 151_306
+        )
     assert (out / "split_bytes.png").is_file()
     # the saved model is the whole CNN (3*3*32+32 + 3*3*32*64+64 + 1024*128+128
     # + 128*10+10 weights): the joined client and server parts

@@ -168,8 +168,8 @@ def test_split_node_refuses_a_backward_step_of_another_round():
 def test_local_loss_node_trains_its_part_and_sends_activations_once():
     edge, context = node({"split": "local_loss", "client-local-epochs": 2})
     start = edge.part.get_weights()
-    # conv1's kernel and bias, then the auxiliary head's: channel means -> softmax
-    assert [w.shape for w in start] == [(3, 3, 1, 32), (32,), (32, 10), (10,)]
+    # conv1's kernel and bias, then the auxiliary head's: flattened -> softmax
+    assert [w.shape for w in start] == [(3, 3, 1, 32), (32,), (2048, 10), (10,)]
     assert sum(w.size for w in start[2:]) == aux_head_params((8, 8, 32), 10)
     reply = edge.local(message(1, weights=start))
     acts = reply.array_records["acts"].to_numpy_ndarrays()
