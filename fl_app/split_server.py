@@ -467,7 +467,11 @@ def split_summary(run: ServerRun, weights: list[np.ndarray]) -> dict[str, Any]:
     }
     if run.cfg.split.mode == "local_loss":  # the client also trains its aux head
         cut_shape = tuple(split_model(run.model, cut)[0].output.shape[1:])
-        summary["client_aux_params"] = aux_head_params(cut_shape, run.data.num_classes)
+        aux = aux_head_params(cut_shape, run.data.num_classes)
+        summary["client_aux_params"] = aux
+        summary["client_param_share_with_aux"] = (
+            summary["client_params"] + aux
+        ) / run.model.count_params()
     if rows:
         summary["bytes_per_round"] = float(
             np.mean([r["bytes_up"] + r["bytes_down"] for r in rows])
