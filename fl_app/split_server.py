@@ -182,20 +182,37 @@ class SplitServer:
     def _config(self, server_round: int) -> ConfigRecord:
         return ConfigRecord({"server_round": server_round})
 
-    def _check_chunk(self, content: RecordDict) -> tuple[list, list] | str:
-        """Return a chunk's activations and labels, or why they are refused."""
+    def _check_chunk(
+        self, content: RecordDict, shared_labels: bool = False
+    ) -> tuple[list, list] | str:
+        """Return a chunk's activations and labels, or why they are refused.
+
+        ``shared_labels``: one label array for every activation array (local loss
+        sends each epoch's activations of the same rows).
+        """
+        missing = {"acts", "labels"} - set(content.array_records)
+        if missing:
+            return f"a reply without {', '.join(sorted(missing))}"
         acts, labels = arrays(content, "acts"), arrays(content, "labels")
+        if shared_labels:
+            if len(labels) != 1:
+                return f"{len(labels)} label arrays, expected 1"
+            labels = labels * len(acts)
         if not acts or len(acts) != len(labels):
             return f"{len(acts)} activation and {len(labels)} label arrays"
         for a, y in zip(acts, labels, strict=True):
-            if a.shape[1:] != self.act_shape or len(a) != len(y):
+            if a.ndim == 0 or a.shape[1:] != self.act_shape or not 0 < len(a) == len(y):
                 return (
                     f"activations of shape {a.shape} for {len(y)} labels, expected "
                     f"(n, {', '.join(map(str, self.act_shape))})"
                 )
             if a.dtype != np.float32 or not np.all(np.isfinite(a)):
                 return "activations that are not finite float32"
-            if y.ndim != 1 or np.any((y < 0) | (y >= self.run.data.num_classes)):
+            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+                return (
+                    f"labels of shape {y.shape} and dtype {y.dtype}, expected (n,) ints"
+                )
+            if np.any((y < 0) | (y >= self.run.data.num_classes)):
                 return "labels outside the dataset's classes"
         return acts, labels
 
@@ -289,21 +306,11 @@ class SplitServer:
         accepted = self._accept(replies, tally)
         for node, _, _ in accepted:
             content = replies[node]
-            labels = arrays(content, "labels")[0]
-            acts_by_epoch = arrays(content, "acts")
-            chunk = self._check_chunk(
-                RecordDict(
-                    {
-                        "acts": ArrayRecord(numpy_ndarrays=acts_by_epoch),
-                        "labels": ArrayRecord(
-                            numpy_ndarrays=[labels] * len(acts_by_epoch)
-                        ),
-                    }
-                )
-            )
+            chunk = self._check_chunk(content, shared_labels=True)
             if isinstance(chunk, str):
                 tally.rejected[node] = chunk
                 continue
+            acts_by_epoch, (labels, *_) = chunk
             started = time.perf_counter()
             for acts in acts_by_epoch:
                 order = rng.permutation(len(labels))
@@ -322,9 +329,14 @@ class SplitServer:
         accepted = []
         for node in sorted(finished, key=self.partitions.__getitem__):
             content = finished[node]
-            weights = arrays(content, "weights")
-            examples = int(content.config_records["result"]["num_examples"])
-            reason = check_update(self.client_weights, weights)
+            weights, examples = [], 0
+            try:
+                weights = arrays(content, "weights")
+                examples = int(content.config_records["result"]["num_examples"])
+            except (KeyError, TypeError, ValueError):
+                reason = "a reply without its client part or example count"
+            else:
+                reason = check_update(self.client_weights, weights)
             if reason is None and examples <= 0:
                 reason = f"{examples} examples"
             if reason is not None:

@@ -198,3 +198,69 @@ def test_split_config_refuses_what_cannot_combine():
             parse_run_config({"split": "splitfed_v2", **extra})
     with pytest.raises(ConfigError, match="turn off fedprox"):
         parse_run_config({"split": "local_loss", "client-proximal-mu": 0.1})
+
+
+def test_split_server_rejects_malformed_chunks_and_client_parts():
+    from types import SimpleNamespace
+
+    from fl_app.split_server import RoundTally, SplitServer
+
+    cfg = parse_run_config(
+        {
+            "split": "splitfed_v1",
+            "num-clients": 2,
+            "clients-per-round": 2,
+            "evaluate-clients-per-round": 0,
+        }
+    )
+    key = model_key(cfg, (8, 8, 1), 10)
+    model = get_compiled_model(key)
+    run = SimpleNamespace(
+        cfg=cfg, key=key, model=model, data=SimpleNamespace(num_classes=10)
+    )
+    server = SplitServer(run)
+    good = np.zeros((4, 8, 8, 32), np.float32)
+
+    def chunk(acts, labels):
+        return RecordDict(
+            {
+                "acts": ArrayRecord(numpy_ndarrays=acts),
+                "labels": ArrayRecord(numpy_ndarrays=labels),
+            }
+        )
+
+    ok = server._check_chunk(chunk([good], [np.arange(4)]))
+    assert not isinstance(ok, str)
+    bad = {
+        "without labels": RecordDict({"acts": ArrayRecord(numpy_ndarrays=[good])}),
+        "shape": chunk([np.zeros((4, 8, 8, 16), np.float32)], [np.arange(4)]),
+        "NaN": chunk([np.full((4, 8, 8, 32), np.nan, np.float32)], [np.arange(4)]),
+        "float64": chunk([good.astype(np.float64)], [np.arange(4)]),
+        "float labels": chunk([good], [np.arange(4.0)]),
+        "class 10": chunk([good], [np.array([0, 1, 2, 10])]),
+        "count": chunk([good], [np.arange(3)]),
+        "empty": chunk([good[:0]], [np.arange(0)]),
+    }
+    for name, content in bad.items():
+        assert isinstance(server._check_chunk(content), str), name
+    # returned client parts: wrong shapes, NaN, no example count are rejected
+    server.partitions = {7: 0, 8: 1, 9: 2}
+    part = server.client_weights
+
+    def reply(weights, examples):
+        records = {"weights": ArrayRecord(numpy_ndarrays=weights)}
+        if examples is not None:
+            records["result"] = ConfigRecord({"num_examples": examples})
+        return RecordDict(records)
+
+    tally = RoundTally()
+    accepted = server._accept(
+        {
+            7: reply(part, 10),
+            8: reply([np.full_like(w, np.nan) for w in part], 10),
+            9: reply(part, None),
+        },
+        tally,
+    )
+    assert [node for node, _, _ in accepted] == [7]
+    assert "NaN" in tally.rejected[8] and "example count" in tally.rejected[9]
