@@ -181,7 +181,7 @@ class ClientPart:
         self.optimizer = make_optimizer(key.client)
         self.optimizer.build(self.variables)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy()
-        self._forward = tf.function(lambda x: self.model(x, training=True))
+        self._forward = tf.function(self.model.__call__)
         self._grads = tf.function(self._grads_step)
         self._aux_step = tf.function(self._aux_train_step)
 
@@ -212,9 +212,9 @@ class ClientPart:
         """Restore the optimizer's variables (``None``: zero them) and its rate."""
         _set_optimizer_state(self.optimizer, values, rate)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Return the cut activations of ``x``."""
-        return self._forward(tf.constant(x)).numpy()
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        """Return the cut activations of ``x`` (``training``: Keras' layer mode)."""
+        return self._forward(tf.constant(x), training=training).numpy()
 
     def _grads_step(self, x: tf.Tensor, cut_grad: tf.Tensor) -> list[tf.Tensor]:
         with tf.GradientTape() as tape:

@@ -165,6 +165,13 @@ class SplitNode:
             self.data.train.x[batch_indices(order, rows, size, b)]
             for b in range(position, position + len(grads))
         ]
+        cut = tuple(self.part.model.output.shape[1:])
+        for b, (x, grad) in enumerate(zip(xs, grads, strict=True), start=position):
+            if grad.shape != (len(x), *cut) or grad.dtype != np.float32:
+                raise ValueError(
+                    f"cut gradient for batch {b} of shape {grad.shape} and dtype "
+                    f"{grad.dtype}, expected {(len(x), *cut)} float32"
+                )
         self.part.backward(xs, grads)
         position += len(grads)
         if position < num_batches:
@@ -202,9 +209,10 @@ class SplitNode:
         )
 
     def _all_acts(self, x: np.ndarray) -> np.ndarray:
+        """Inference-mode activations of every row of ``x``, in batches."""
         return np.concatenate(
             [
-                self.part.forward(x[i : i + EVAL_BATCH])
+                self.part.forward(x[i : i + EVAL_BATCH], training=False)
                 for i in range(0, len(x), EVAL_BATCH)
             ]
         )

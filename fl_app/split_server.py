@@ -89,6 +89,8 @@ class RoundTally:
     failures: dict[int, str] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
     server_compute_s: float = 0.0
+    # time.monotonic() by which the round's exchanges must be answered (None: wait)
+    deadline: float | None = None
 
     def count(self, node: int, content: RecordDict, direction: str) -> None:
         """Account one message's arrays (``direction``: ``up`` or ``down``)."""
@@ -137,10 +139,14 @@ class SplitServer:
             messages.append(
                 Message(content, node, message_type, group_id=str(server_round))
             )
-        timeout = self.cfg.round_timeout or None
+        timeout = None
+        if tally.deadline is not None:  # what is left of the round's round_timeout
+            timeout = max(tally.deadline - time.monotonic(), 0.001)
         replies: dict[int, RecordDict] = {}
+        tally.messages += len(messages)
         for reply in self.run.grid.send_and_receive(messages, timeout=timeout):
             node = reply.metadata.src_node_id
+            tally.messages += 1
             if reply.has_error():
                 reason = reply.error.reason
                 log.warning("split %s: node %s failed: %s", message_type, node, reason)
@@ -148,9 +154,11 @@ class SplitServer:
                 continue
             tally.count(node, reply.content, "up")
             replies[node] = reply.content
-        tally.messages += 2 * len(messages)
         for node in set(contents) - set(replies) - set(tally.failures):
-            tally.failures[node] = f"no reply to {message_type} within {timeout}s"
+            tally.failures[node] = (
+                f"no reply to {message_type} within the round's "
+                f"round-timeout ({self.cfg.round_timeout:g} s)"
+            )
             log.warning("split %s: node %s did not reply", message_type, node)
         return replies
 
@@ -164,7 +172,13 @@ class SplitServer:
             tally,
         )
         for node, content in replies.items():
-            self.partitions[node] = int(content.config_records["info"]["partition_id"])
+            try:
+                self.partitions[node] = int(
+                    content.config_records["info"]["partition_id"]
+                )
+            except (KeyError, TypeError, ValueError):
+                tally.failures[node] = f"no partition id in its {INFO} reply"
+                log.warning("split: node %s sent no partition id; not sampled", node)
         if len(self.partitions) < self.cfg.clients_per_round:
             raise RuntimeError(
                 f"split training: {len(self.partitions)} node(s) answered "
@@ -240,7 +254,7 @@ class SplitServer:
         self.server.set_weights(self.server_weights)
         self.server.set_optimizer_state(None, rate)
         finished: dict[int, RecordDict] = {}
-        losses: list[tuple[float, int]] = []
+        losses: dict[int, list[tuple[float, int]]] = {n: [] for n in nodes}
         while replies:
             out: dict[int, RecordDict] = {}
             for node in sorted(replies, key=self.partitions.__getitem__):
@@ -261,7 +275,7 @@ class SplitServer:
                 grads = []
                 for acts, labels in zip(*chunk, strict=True):
                     loss, _, grad = self.server.step(acts, labels)
-                    losses.append((loss, len(labels)))
+                    losses[node].append((loss, len(labels)))
                     grads.append(grad)
                 if v1:
                     copies[node] = (
@@ -279,9 +293,10 @@ class SplitServer:
         accepted = self._accept(finished, tally)
         if v1:
             server = [(n, copies[n][0], k) for n, _, k in accepted]
-        else:
+        else:  # the shared part keeps what a client that dropped out taught it
             server = [(0, self.server.get_weights(), 1)]
-        return accepted, server, losses
+        # the training loss of the clients whose round counts
+        return accepted, server, [x for n, _, _ in accepted for x in losses[n]]
 
     def train_local_loss(self, nodes: list[int], server_round: int, tally: RoundTally):
         """One local-loss round; return the clients' parts and the server part."""
@@ -360,28 +375,41 @@ class SplitServer:
             tally,
         )
         loss_sum = correct = total = 0.0
-        for content in replies.values():
+        for node, content in replies.items():
             chunk = self._check_chunk(content)
             if isinstance(chunk, str):
+                tally.rejected[node] = chunk
+                log.warning("split: rejected node %s's evaluation: %s", node, chunk)
                 continue
-            (acts,), (labels,) = chunk
-            loss, hits = self.server.evaluate(acts, labels)
-            loss_sum, correct, total = (
-                loss_sum + loss * len(labels),
-                correct + hits,
-                total + len(labels),
-            )
-        if total == 0:
-            return {}
-        return {
-            "federated_loss": loss_sum / total,
-            "federated_accuracy": correct / total,
+            for acts, labels in zip(*chunk, strict=True):
+                loss, hits = self.server.evaluate(acts, labels)
+                loss_sum += loss * len(labels)
+                correct += hits
+                total += len(labels)
+        result: dict[str, Any] = {
+            "bytes_evaluation_up": sum(tally.up.values()),
+            "bytes_evaluation_down": sum(tally.down.values()),
+            "evaluation_failures": len(tally.failures),
+            "evaluation_rejected": len(tally.rejected),
         }
+        if total:
+            result.update(
+                federated_loss=loss_sum / total, federated_accuracy=correct / total
+            )
+        return result
 
     def run_round(self, server_round: int) -> dict[str, Any]:
-        """Train, aggregate and evaluate one round; return its record."""
+        """Train, aggregate and evaluate one round; return its record.
+
+        The record's per-kind bytes, ``messages`` and per-client bytes are the
+        training exchanges'; federated evaluation's traffic is ``bytes_evaluation_*``
+        (``bytes_up`` / ``bytes_down`` are the whole round's). ``round_timeout``
+        bounds the training exchanges of a round together, and evaluation's.
+        """
         started = time.perf_counter()
         tally = RoundTally()
+        if self.cfg.round_timeout:
+            tally.deadline = time.monotonic() + self.cfg.round_timeout
         nodes = self.sample(server_round, self.cfg.clients_per_round, stream=0)
         if self.mode == "local_loss":
             accepted, server, losses = self.train_local_loss(nodes, server_round, tally)
@@ -406,12 +434,15 @@ class SplitServer:
             if losses
             else None,
         }
-        row.update(self.evaluate_federated(server_round, tally))
+        evaluation = RoundTally()
+        if self.cfg.round_timeout:
+            evaluation.deadline = time.monotonic() + self.cfg.round_timeout
+        row.update(self.evaluate_federated(server_round, evaluation))
         examples = {node: k for node, _, k in accepted}
         row.update(
             {
-                "bytes_up": sum(tally.up.values()),
-                "bytes_down": sum(tally.down.values()),
+                "bytes_up": sum(tally.up.values()) + sum(evaluation.up.values()),
+                "bytes_down": sum(tally.down.values()) + sum(evaluation.down.values()),
                 **{key: tally.totals.get(key, 0) for key in self.byte_keys()},
                 "messages": tally.messages,
                 "server_compute_s": tally.server_compute_s,

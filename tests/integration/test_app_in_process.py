@@ -6,6 +6,7 @@ training, results files) without Flower's processes or Ray, which
 """
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -280,13 +281,24 @@ def test_split_training_end_to_end(tmp_path, mode):
         assert len(row["clients"]) == 2 and row["num_failures"] == 0
         assert row["num_rejected"] == 0 and row["bytes_activations"] > 0
         assert row["bytes_weights_up"] > 0 and row["bytes_weights_down"] > 0
-        # the training clients' bytes, plus the evaluation exchange's
-        assert row["bytes_up"] > sum(c["bytes_up"] for c in row["clients"]) > 0
+        # the round's bytes: the training clients' plus the evaluation exchange's
+        for way in ("up", "down"):
+            assert (
+                row[f"bytes_{way}"]
+                == sum(c[f"bytes_{way}"] for c in row["clients"])
+                + row[f"bytes_evaluation_{way}"]
+            )
+        assert row["bytes_evaluation_up"] > 0 and row["evaluation_failures"] == 0
         assert 0 <= row["federated_accuracy"] <= 1
         if mode == "local_loss":  # one exchange per round, no gradient travels
-            assert row["bytes_gradients"] == 0
-        else:
-            assert row["bytes_gradients"] > 0 and row["messages"] > 4
+            assert row["bytes_gradients"] == 0 and row["messages"] == 2 * 2
+        else:  # per client: forward, then one backward per chunk of 2 batches
+            exchanges = [
+                1 + math.ceil(math.ceil(c["num_examples"] / 32) / 2)
+                for c in row["clients"]
+            ]
+            assert row["bytes_gradients"] > 0
+            assert row["messages"] == 2 * sum(exchanges)
     assert summary["final_accuracy"] > summary["initial_accuracy"]
     assert summary["split_mode"] == mode and summary["cut_layer"] == "conv1"
     assert summary["client_param_share"] < 0.25
@@ -299,3 +311,36 @@ def test_split_training_end_to_end(tmp_path, mode):
     # the saved model is the whole CNN (3*3*32+32 + 3*3*32*64+64 + 1024*128+128
     # + 128*10+10 weights): the joined client and server parts
     assert final_weights(out).size == 151_306
+
+
+def test_split_round_survives_a_client_failing_mid_round(tmp_path, monkeypatch):
+    from fl_app import split_client
+
+    # Prepare: partition 1 fails its first backward step in round 1
+    backward = split_client.SplitNode.backward
+
+    def flaky(node, content):
+        if (
+            node.partition_id == 1
+            and content.config_records["config"]["server_round"] == 1
+        ):
+            raise RuntimeError("edge device lost power")
+        return backward(node, content)
+
+    monkeypatch.setattr(split_client.SplitNode, "backward", flaky)
+    monkeypatch.setitem(split_client.HANDLERS, split_client.BACKWARD, flaky)
+    out = tmp_path / "run"
+
+    # Execute
+    run_in_process(
+        [*THREE, "num_rounds=2", "split=splitfed_v1", "save_model=false"], out
+    )
+
+    # Assert: round 1 aggregates the two clients that finished and counts the
+    # failure; round 2 trains all three again (the failed node's state is reset)
+    first, second = read_rows(out)
+    assert first["num_failures"] == 1 and second["num_failures"] == 0
+    trained = [c["partition_id"] for c in first["clients"] if c["num_examples"] > 0]
+    assert sorted(trained) == [0, 2]
+    assert all(c["num_examples"] > 0 for c in second["clients"])
+    assert summary_of(out)["final_accuracy"] > summary_of(out)["initial_accuracy"]

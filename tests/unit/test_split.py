@@ -264,3 +264,15 @@ def test_split_server_rejects_malformed_chunks_and_client_parts():
     )
     assert [node for node, _, _ in accepted] == [7]
     assert "NaN" in tally.rejected[8] and "example count" in tally.rejected[9]
+
+
+def test_split_node_names_a_malformed_cut_gradient():
+    edge, _ = node({"split": "splitfed_v1", "client-batch-size": 16})
+    reply = edge.forward(message(1, weights=edge.part.get_weights()))
+    acts = reply.array_records["acts"].to_numpy_ndarrays()
+    wrong_dtype = [np.zeros_like(a, np.float64) for a in acts]
+    with pytest.raises(ValueError, match="batch 0 .* dtype float64, expected"):
+        edge.backward(message(1, grads=wrong_dtype))
+    wrong_shape = [np.zeros((a.shape[0] + 1, *a.shape[1:]), np.float32) for a in acts]
+    with pytest.raises(ValueError, match=r"batch 0 of shape \(17, 8, 8, 32\)"):
+        edge.backward(message(1, grads=wrong_shape))
