@@ -305,13 +305,14 @@ class LocalSuperLink(SuperLinkConnection):
 
 
 def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    try:
-        pgid = os.getpgid(process.pid)
-    except ProcessLookupError:
-        pgid = None
+    """Stop a process started with ``start_new_session=True`` and its whole group.
+
+    The group id is the leader's pid, and the group outlives its leader: a SuperNode
+    that already exited (refused by the SuperLink, say) can leave its SuperExec
+    child behind, which must be stopped too.
+    """
+    pgid = process.pid
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        if pgid is None:
-            break
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
