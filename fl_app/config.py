@@ -676,14 +676,24 @@ class SplitConfig:
                 run.compression.upload,
                 f"'none' (and no delta or download codec) {why}",
             ),
-            (run.pruning is not None, "pruning", "on", f"'none' {why}"),
+            (
+                run.pruning is not None,
+                "pruning",
+                run.pruning and run.pruning.schedule,
+                f"'none' {why}",
+            ),
             (
                 run.dpsgd is not None,
                 "dpsgd",
-                "on",
+                run.dpsgd and run.dpsgd.optimizer,
                 f"'none' {why} (the server trains on raw cut activations)",
             ),
-            (run.client_dp is not None, "clientdp", "on", f"'none' {why}"),
+            (
+                run.client_dp is not None,
+                "clientdp",
+                run.client_dp and run.client_dp.mode,
+                f"'none' {why}",
+            ),
             (
                 run.client.augmentation.active,
                 "client-augmentation",
