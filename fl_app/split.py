@@ -36,6 +36,7 @@ from fl_app.training import (
     ModelKey,
     configure_tensorflow,
     make_optimizer,
+    optimizer_variables,
     reset_optimizer,
 )
 
@@ -125,31 +126,49 @@ def client_shares(model: keras.Model, cut: str) -> dict[str, float]:
     }
 
 
-def _optimizer_variables(optimizer: keras.optimizers.Optimizer) -> list:
-    variables = optimizer.variables
-    return variables() if callable(variables) else variables
-
-
-def _set_optimizer_state(
-    optimizer: keras.optimizers.Optimizer, values: list[np.ndarray] | None, rate: float
-) -> None:
-    if values is None:
-        reset_optimizer(optimizer, rate)
-        return
-    variables = _optimizer_variables(optimizer)
-    if len(values) != len(variables):
-        raise ValueError(f"{len(values)} optimizer arrays, expected {len(variables)}")
-    for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
-    optimizer.learning_rate = rate
-
-
 def _correct(probs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     hits = tf.equal(tf.argmax(probs, axis=1), tf.cast(y, tf.int64))
     return tf.reduce_sum(tf.cast(hits, tf.float32))
 
 
-class ClientPart:
+class _TrainedPart:
+    """Weights and optimizer state of one part, read and written as numpy arrays.
+
+    Subclasses set ``variables`` (what the optimizer trains) and ``optimizer``.
+    """
+
+    variables: list[tf.Variable]
+    optimizer: keras.optimizers.Optimizer
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Return the part's weights."""
+        return [v.numpy() for v in self.variables]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        """Set the part's weights."""
+        for variable, value in zip(self.variables, weights, strict=True):
+            variable.assign(value)
+
+    def optimizer_state(self) -> list[np.ndarray]:
+        """Return the optimizer's variables (step count, moments)."""
+        return [np.asarray(v.numpy()) for v in optimizer_variables(self.optimizer)]
+
+    def set_optimizer_state(self, values: list[np.ndarray] | None, rate: float) -> None:
+        """Restore the optimizer's variables (``None``: zero them) and its rate."""
+        if values is None:
+            reset_optimizer(self.optimizer, rate)
+            return
+        variables = optimizer_variables(self.optimizer)
+        if len(values) != len(variables):
+            raise ValueError(
+                f"{len(values)} optimizer arrays, expected {len(variables)}"
+            )
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+        self.optimizer.learning_rate = rate
+
+
+class ClientPart(_TrainedPart):
     """The edge's part of the model, its optimizer and traced steps, per process.
 
     Everything a client owns (weights, optimizer state) is set from its node state
@@ -185,10 +204,6 @@ class ClientPart:
         self._grads = tf.function(self._grads_step)
         self._aux_step = tf.function(self._aux_train_step)
 
-    def get_weights(self) -> list[np.ndarray]:
-        """Return the client part's weights (and the auxiliary head's)."""
-        return [v.numpy() for v in self.variables]
-
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Set the client part's weights, and the auxiliary head's if given."""
         part = len(self.model.trainable_variables)
@@ -203,14 +218,6 @@ class ClientPart:
                     f"{tuple(variable.shape)}"
                 )
             variable.assign(value)
-
-    def optimizer_state(self) -> list[np.ndarray]:
-        """Return the optimizer's variables (step count, moments)."""
-        return [np.asarray(v.numpy()) for v in _optimizer_variables(self.optimizer)]
-
-    def set_optimizer_state(self, values: list[np.ndarray] | None, rate: float) -> None:
-        """Restore the optimizer's variables (``None``: zero them) and its rate."""
-        _set_optimizer_state(self.optimizer, values, rate)
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         """Return the cut activations of ``x`` (``training``: Keras' layer mode)."""
@@ -264,7 +271,7 @@ def get_client_part(key: ModelKey, cut: str, local_loss: bool) -> ClientPart:
     return ClientPart(key, cut, local_loss)
 
 
-class ServerPart:
+class ServerPart(_TrainedPart):
     """The cloud's part of the model: a training step on cut activations.
 
     ``full`` is a whole model whose layers the server part shares, so the server
@@ -279,27 +286,9 @@ class ServerPart:
         self.variables = list(self.model.trainable_variables)
         self.optimizer = make_optimizer(key.client)
         self.optimizer.build(self.variables)
-        self.learning_rate = key.client.learning_rate
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy()
         self._step = tf.function(self._train_step)
         self._eval = tf.function(self._eval_step)
-
-    def get_weights(self) -> list[np.ndarray]:
-        """Return the server part's weights."""
-        return [v.numpy() for v in self.variables]
-
-    def set_weights(self, weights: list[np.ndarray]) -> None:
-        """Set the server part's weights."""
-        for variable, value in zip(self.variables, weights, strict=True):
-            variable.assign(value)
-
-    def optimizer_state(self) -> list[np.ndarray]:
-        """Return the optimizer's variables (step count, moments)."""
-        return [np.asarray(v.numpy()) for v in _optimizer_variables(self.optimizer)]
-
-    def set_optimizer_state(self, values: list[np.ndarray] | None, rate: float) -> None:
-        """Restore the optimizer's variables (``None``: zero them) and its rate."""
-        _set_optimizer_state(self.optimizer, values, rate)
 
     def _train_step(self, acts: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, ...]:
         with tf.GradientTape() as tape:

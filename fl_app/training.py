@@ -284,13 +284,18 @@ def reset_optimizer(
     ``learning_rate``, if given, becomes the optimizer's rate (a variable the compiled
     step reads, in Keras and in the legacy optimizers alike, so nothing retraces).
     """
-    variables = optimizer.variables
-    if callable(variables):  # legacy optimizers (tensorflow-privacy's DP ones)
-        variables = variables()
-    for variable in variables:
+    for variable in optimizer_variables(optimizer):
         variable.assign(tf.zeros_like(variable))
     if learning_rate is not None:
         optimizer.learning_rate = learning_rate
+
+
+def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> list:
+    """Return an optimizer's state variables (step count, moments)."""
+    variables = optimizer.variables
+    if callable(variables):  # legacy optimizers (tensorflow-privacy's DP ones)
+        variables = variables()
+    return list(variables)
 
 
 def train_local(
