@@ -20,15 +20,16 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
 from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
 from fl_app.capacities import partition_capacity
 from fl_app.compression import ClientCodecs
-from fl_app.config import ClientConfig, ConfigError, RunConfig
+from fl_app.config import ClientConfig, ConfigError, RunConfig, parse_run_config
 from fl_app.data import ClientData, load_client_file, load_federated_data
+from fl_app.exchange import INFO, info_reply, register_handler
 from fl_app.personalization import (
     PersonalState,
     blend,
@@ -111,6 +112,17 @@ def node_partition(
     partition_id = int(node_config["partition-id"])
     check_partition(cfg, partition_id, int(node_config["num-partitions"]))
     return partition_id, None
+
+
+def node_info(msg: Message, context: Context) -> RecordDict:
+    """Answer ``query.node_info``: the node's partition id and row counts."""
+    cfg = parse_run_config(context.run_config)
+    partition_id, data_path = node_partition(cfg, context.node_config, context.node_id)
+    data, _, _ = client_data(cfg, partition_id, data_path)
+    return info_reply(partition_id, num_train=len(data.train), num_val=len(data.val))
+
+
+register_handler([INFO], node_info)
 
 
 class Transport:
@@ -205,8 +217,8 @@ class LocalTraining:
             metrics["width"] = float(config["width"])
         return (
             client.transport.send(get_model_weights(model, key), received),
-            len(client.data.train),
-            {"partition_id": client.partition_id, **metrics},
+            client.num_real,
+            {"partition_id": client.partition_id, **client.row_counts(), **metrics},
         )
 
     def train(
@@ -325,6 +337,7 @@ class PersonalizedTraining(LocalTraining):
         self.personal.save(result.local_weights, result.alpha)
         metrics: dict[str, Scalar] = {
             "partition_id": client.partition_id,
+            **client.row_counts(),
             "train_loss": result.loss,
             "train_accuracy": result.accuracy,
             **result.metrics,
@@ -333,7 +346,7 @@ class PersonalizedTraining(LocalTraining):
             metrics["alpha"] = result.alpha
         return (
             strip_local(result.global_weights, trainer.mask),
-            len(client.data.train),
+            client.num_real,
             metrics,
         )
 
@@ -413,8 +426,23 @@ class KerasClient(NumPyClient):
         self.capacity = capacity
         check_image_input(cfg.client.augmentation, input_shape)
         self.state = state if state is not None else RecordDict()
+        # the rows the client's update is weighted by: its real ones
+        self.num_real = len(self.data.train)
+        self.num_synthetic = 0
+        if cfg.synthetic is not None:  # training rows only, never validation rows
+            from fl_app.synthetic import with_synthetic_rows
+
+            self.data, self.num_synthetic = with_synthetic_rows(
+                cfg, self.data, self.state, partition_id, num_classes
+            )
         self.transport = Transport(cfg, self.state)
         self.training = local_training_for(cfg)(self)
+
+    def row_counts(self) -> dict[str, Scalar]:
+        """Real and generated training rows (``synthetic=gan``; else nothing)."""
+        if self.cfg.synthetic is None:
+            return {}
+        return {"num_real": self.num_real, "num_synthetic": self.num_synthetic}
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Report this client's capacity (in round ``server_round``) and partition."""

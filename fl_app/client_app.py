@@ -13,7 +13,7 @@ import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.capacities import partition_capacity
 from fl_app.client import KerasClient, node_partition
 from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.split_client import split_mod
+from fl_app.exchange import handlers_mod
 
 
 def client_fn(context: Context) -> Client:
@@ -82,5 +82,9 @@ def privacy_mods(
     return handler(msg, context)
 
 
-# split_mod answers split training's own messages and passes the rest on.
-app = ClientApp(client_fn=client_fn, mods=[split_mod, privacy_mods])
+# The modules whose message handlers handlers_mod routes to (register_handler).
+from fl_app import split_client, synthetic  # noqa: E402, F401
+
+# handlers_mod answers the workflows' own messages (split training, the synthetic
+# GAN phase, query.node_info) and passes the rest on.
+app = ClientApp(client_fn=client_fn, mods=[handlers_mod, privacy_mods])

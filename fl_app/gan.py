@@ -14,12 +14,19 @@ are not wired into the apps yet.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 keras = tf.keras
+
+# The GAN phase's messages (fl_app.synthetic_server sends them, fl_app.synthetic
+# answers them on the nodes)
+GAN_TRAIN = "train.gan"
+GAN_FILL = "train.gan_fill"
 
 LABEL_EMBEDDING = 16
 
@@ -68,7 +75,13 @@ def build_generator(
 
 
 def build_discriminator(shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Map ``(row, label)`` to the logit of "real"."""
+    """Map ``(row, label)`` to ``[real logit, class logits...]`` (``1 + C`` outputs).
+
+    The real/fake logit reads the row's features joined with its label's embedding
+    (a conditional discriminator: does the row fit its label?). The class logits
+    read the row's features only (an auxiliary classifier, Odena et al., 2017),
+    which also teaches the generator to make rows of the class it was asked for.
+    """
     row = keras.Input(shape, name="row")
     label = keras.Input((), dtype="int32", name="label")
     embedded = keras.layers.Embedding(num_classes, LABEL_EMBEDDING, name="d_embed")(
@@ -84,19 +97,47 @@ def build_discriminator(shape: tuple[int, ...], num_classes: int) -> keras.Model
         x = keras.layers.Flatten()(x)
     else:
         x = keras.layers.Flatten()(row)
-    x = keras.layers.Concatenate(name="d_concat")([x, embedded])
-    x = keras.layers.Dense(128, name="d_fc")(x)
-    x = keras.layers.LeakyReLU(0.2)(x)
-    logit = keras.layers.Dense(1, name="d_out")(x)
-    return keras.Model([row, label], logit, name="discriminator")
+    joined = keras.layers.Concatenate(name="d_concat")([x, embedded])
+    hidden = keras.layers.LeakyReLU(0.2)(keras.layers.Dense(128, name="d_fc")(joined))
+    real = keras.layers.Dense(1, name="d_real")(hidden)
+    features = keras.layers.LeakyReLU(0.2)(
+        keras.layers.Dense(128, name="d_class_fc")(x)
+    )
+    classes = keras.layers.Dense(num_classes, name="d_class")(features)
+    out = keras.layers.Concatenate(name="d_out")([real, classes])
+    return keras.Model([row, label], out, name="discriminator")
+
+
+def _bce(target: float, logits: tf.Tensor) -> tf.Tensor:
+    """Per-row logistic loss of the real/fake logit against ``target``."""
+    return tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.fill(tf.shape(logits), target), logits=logits
+    )
+
+
+def _class_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+@dataclass(frozen=True)
+class GanDp:
+    """DP-SGD for the discriminator (tensorflow-privacy's DP Adam)."""
+
+    l2_norm_clip: float
+    noise_multiplier: float
 
 
 class GanTrainer:
     """A generator and discriminator of one shape, their optimizers, one step.
 
-    The discriminator learns to score real rows of each class as real and generated
-    rows (of the same labels) as fake; the generator learns to make the
-    discriminator score its rows as real. Both use Adam and the logistic loss.
+    The discriminator learns to score real rows of each class as real, generated
+    rows (of the same labels) as fake, and to tell the class of real rows; the
+    generator learns to make rows the discriminator scores as real and of the class
+    asked for. Both use Adam (β₁ = 0.5). With ``dp``, the discriminator's step is
+    tensorflow-privacy's DP Adam over per-row losses (each real row with the
+    generated row of its label, clipped together, Gaussian noise added), and the
+    generator's labels are drawn uniformly, so nothing of a real batch reaches the
+    generator except through the noised discriminator (post-processing).
     """
 
     def __init__(
@@ -106,38 +147,70 @@ class GanTrainer:
         latent_dim: int = 32,
         learning_rate: float = 2e-4,
         seed: int = 0,
+        discriminator_learning_rate: float | None = None,
+        dp: GanDp | None = None,
+        class_weight: float = 1.0,
     ) -> None:
         keras.utils.set_random_seed(seed)
+        self.class_weight = class_weight
         self.latent_dim = latent_dim
         self.num_classes = num_classes
+        self.dp = dp
         self.generator = build_generator(shape, num_classes, latent_dim)
         self.discriminator = build_discriminator(shape, num_classes)
         self.g_optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.5)
-        self.d_optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.5)
+        d_rate = discriminator_learning_rate or learning_rate
+        if dp is None:
+            self.d_optimizer = keras.optimizers.Adam(d_rate, beta_1=0.5)
+            self.d_optimizer.build(self.discriminator.trainable_variables)
+        else:
+            from fl_app.privacy import _dp_optimizers
+
+            self.d_optimizer = _dp_optimizers()["adam"](
+                l2_norm_clip=dp.l2_norm_clip,
+                noise_multiplier=dp.noise_multiplier,
+                num_microbatches=None,
+                learning_rate=d_rate,
+                beta_1=0.5,
+            )
+            # create the slots now, so every state variable exists before a step
+            self.d_optimizer._create_all_weights(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
-        self.loss = keras.losses.BinaryCrossentropy(from_logits=True)
-        self._step = tf.function(self._train_step)
+        self._step = tf.function(self._train_step, reduce_retracing=True)
 
     def _train_step(
-        self, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor
+        self,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        noise: tf.Tensor,
+        g_labels: tf.Tensor,
+        g_noise: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         g_vars = self.generator.trainable_variables
         d_vars = self.discriminator.trainable_variables
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=self.dp is not None) as tape:
             fake = self.generator([noise, y], training=True)
-            real_logit = self.discriminator([x, y], training=True)
-            fake_logit = self.discriminator([fake, y], training=True)
-            d_loss = self.loss(tf.ones_like(real_logit), real_logit) + self.loss(
-                tf.zeros_like(fake_logit), fake_logit
+            real_out = self.discriminator([x, y], training=True)
+            fake_out = self.discriminator([fake, y], training=True)
+            per_row = (
+                _bce(1.0, real_out[:, 0])
+                + _bce(0.0, fake_out[:, 0])
+                + self.class_weight * _class_loss(y, real_out[:, 1:])
             )
-        self.d_optimizer.apply_gradients(
-            zip(tape.gradient(d_loss, d_vars), d_vars, strict=True)
-        )
+            d_loss = tf.reduce_mean(per_row)
+        if self.dp is None:
+            grads = tape.gradient(d_loss, d_vars)
+            self.d_optimizer.apply_gradients(zip(grads, d_vars, strict=True))
+        else:  # per-row clipping and noise (tensorflow-privacy)
+            pairs = self.d_optimizer._compute_gradients(per_row, d_vars, tape=tape)
+            self.d_optimizer.apply_gradients(pairs)
         with tf.GradientTape() as tape:
-            fake = self.generator([noise, y], training=True)
-            fake_logit = self.discriminator([fake, y], training=True)
-            g_loss = self.loss(tf.ones_like(fake_logit), fake_logit)
+            fake = self.generator([g_noise, g_labels], training=True)
+            out = self.discriminator([fake, g_labels], training=True)
+            g_loss = tf.reduce_mean(
+                _bce(1.0, out[:, 0])
+                + self.class_weight * _class_loss(g_labels, out[:, 1:])
+            )
         self.g_optimizer.apply_gradients(
             zip(tape.gradient(g_loss, g_vars), g_vars, strict=True)
         )
@@ -147,17 +220,53 @@ class GanTrainer:
         self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator
     ) -> tuple[float, float]:
         """Train both networks on one batch of real rows; return (D loss, G loss)."""
-        noise = rng.standard_normal((len(y), self.latent_dim)).astype(np.float32)
+        n = len(y)
+        noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
+        g_noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
+        g_labels = (
+            rng.integers(0, self.num_classes, n) if self.dp is not None else y
+        ).astype(np.int32)
         d_loss, g_loss = self._step(
-            tf.constant(x), tf.constant(y.astype(np.int32)), tf.constant(noise)
+            tf.constant(x),
+            tf.constant(y.astype(np.int32)),
+            tf.constant(noise),
+            tf.constant(g_labels),
+            tf.constant(g_noise),
         )
         return float(d_loss), float(g_loss)
 
-    def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Generate one row per label."""
+    def sample(
+        self, labels: np.ndarray, rng: np.random.Generator, batch: int = 1024
+    ) -> np.ndarray:
+        """Generate one row per label (float32)."""
         noise = rng.standard_normal((len(labels), self.latent_dim)).astype(np.float32)
-        rows = self.generator([noise, labels.astype(np.int32)], training=False)
-        return rows.numpy()
+        labels = labels.astype(np.int32)
+        parts = [
+            self.generator([noise[i : i + batch], labels[i : i + batch]]).numpy()
+            for i in range(0, len(labels), batch)
+        ]
+        shape = tuple(self.generator.output.shape[1:])
+        return np.concatenate(parts) if parts else np.zeros((0, *shape), np.float32)
+
+    # -- federated use ------------------------------------------------------------
+
+    def get_weights(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Return ``(generator weights, discriminator weights)``."""
+        return self.generator.get_weights(), self.discriminator.get_weights()
+
+    def set_weights(
+        self, generator: list[np.ndarray], discriminator: list[np.ndarray]
+    ) -> None:
+        """Set both networks' weights."""
+        self.generator.set_weights(generator)
+        self.discriminator.set_weights(discriminator)
+
+    def reset_optimizers(self) -> None:
+        """Zero both optimizers' state: no client inherits another's moments."""
+        from fl_app.training import reset_optimizer
+
+        reset_optimizer(self.g_optimizer)
+        reset_optimizer(self.d_optimizer)
 
 
 def fill_counts(labels: np.ndarray, num_classes: int, fill: int | str) -> np.ndarray:

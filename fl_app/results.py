@@ -64,6 +64,7 @@ class RunRecorder:
         self.output_dir = output_dir
         self.num_rounds = num_rounds
         self.rows: list[dict[str, Any]] = []
+        self.phase_rows: list[dict[str, Any]] = []  # rounds before the classifier's
         output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / METRICS_FILE
         self.metrics_path.write_text("")
@@ -75,6 +76,29 @@ class RunRecorder:
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(clean) + "\n")
         log.info("%s", format_round(clean, self.num_rounds))
+
+    def write_phase_round(self, row: Mapping[str, Any], phase_rounds: int) -> None:
+        """Append a record of a phase before the classifier's rounds (``row["phase"]``).
+
+        It goes to ``metrics.jsonl`` like a round's, but not into the classifier's
+        rounds, totals and plots.
+        """
+        clean = _jsonable(row)
+        self.phase_rows.append(clean)
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+        parts = [f"{clean['phase']} round {clean['round']}/{phase_rounds}"]
+        for key, value in clean.items():
+            if key.endswith("_loss") and value is not None:
+                parts.append(f"{key.replace('_', ' ')} {value:.4f}")
+        if clean.get("epsilon_gan_max") is not None:
+            parts.append(f"epsilon {clean['epsilon_gan_max']:.2f}")
+        parts.append(f"{clean.get('wall_time_s', 0):.2f}s")
+        if clean.get("num_rejected"):
+            parts.append(f"rejected {clean['num_rejected']}")
+        if clean.get("num_failures"):
+            parts.append(f"failures {clean['num_failures']}")
+        log.info("%s", " | ".join(parts))
 
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``summary.json`` (with run totals) and the plot; return the summary."""
@@ -93,12 +117,17 @@ class RunRecorder:
         return full
 
 
-def read_rows(output_dir: Path) -> list[dict[str, Any]]:
-    """Read the round records of a finished (or running) run."""
+def read_rows(output_dir: Path, phase: str | None = None) -> list[dict[str, Any]]:
+    """Read the round records of a finished (or running) run.
+
+    ``phase=None``: the classifier's rounds; ``phase="gan"``: the records of that
+    phase before them (``"phase"`` in the record).
+    """
     path = output_dir / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row.get("phase") == phase]
 
 
 def _pyplot():

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -348,6 +348,8 @@ class ServerRun:
     strategy: FedAvg
     recorder: RunRecorder
     central: CentralEvaluation
+    # what phases before the rounds leave for summary parts (register_phase)
+    phases: dict[str, Any] = field(default_factory=dict)
 
 
 RoundWorkflow = Callable[[ServerRun], NDArrays]
@@ -395,6 +397,21 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
 
 
 register_workflow("rounds", rounds_workflow)
+
+
+Phase = Callable[[ServerRun], None]
+"""``phase(run)``: work before the round workflow (e.g. the synthetic-data GAN
+phase), in registration order. A phase checks the run config itself and returns at
+once when its feature is off; it may write its own records
+(``run.recorder.write_phase_round``) and leave results in ``run.phases``."""
+
+PHASES: list[Phase] = []
+
+
+def register_phase(phase: Phase) -> Phase:
+    """Run ``phase`` before every run's round workflow; usable as a decorator."""
+    PHASES.append(phase)
+    return phase
 
 
 SummaryPart = Callable[[ServerRun, NDArrays], dict[str, Any]]
@@ -519,6 +536,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     recorder = RunRecorder(output_dir, cfg.num_rounds)
     run = ServerRun(cfg, context, grid, data, key, model, strategy, recorder, central)
+    for phase in PHASES:
+        phase(run)
     final_weights = workflow(run)
 
     if cfg.num_rounds not in central.results or not central.evaluated_last(
@@ -542,5 +561,5 @@ def main(grid: Grid, context: Context) -> None:
     )
 
 
-# Last: registers the split workflow, which builds on the names above.
-from fl_app import split_server  # noqa: E402, F401
+# Last: the split workflow and the synthetic-data phase build on the names above.
+from fl_app import split_server, synthetic_server  # noqa: E402, F401

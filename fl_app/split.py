@@ -27,10 +27,10 @@ import functools
 
 import numpy as np
 import tensorflow as tf
-from flwr.app import RecordDict
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.config import SplitConfig
+from fl_app.exchange import arrays  # noqa: F401  (the split modules' import)
 from fl_app.models import build_model
 from fl_app.training import (
     ModelKey,
@@ -42,20 +42,13 @@ from fl_app.training import (
 
 keras = tf.keras
 
-# The split messages (fl_app.split_client answers them, fl_app.split_server sends them)
-INFO = "query.split_info"
+# The split messages (fl_app.split_client answers them, fl_app.split_server sends
+# them; partition ids are asked with fl_app.exchange's query.node_info)
 FORWARD = "train.split_forward"
 BACKWARD = "train.split_backward"
 LOCAL = "train.split_local"
 EVALUATE = "query.split_evaluate"
-SPLIT_TYPES = frozenset({INFO, FORWARD, BACKWARD, LOCAL, EVALUATE})
-
-
-def arrays(record: RecordDict, name: str) -> list[np.ndarray]:
-    """Return the arrays of ``record[name]``, failing clearly when it is missing."""
-    if name not in record.array_records:
-        raise ValueError(f"split message without '{name}' arrays")
-    return record.array_records[name].to_numpy_ndarrays()
+SPLIT_TYPES = frozenset({FORWARD, BACKWARD, LOCAL, EVALUATE})
 
 
 # The default cut: after the first convolution block of the CNN, after the first

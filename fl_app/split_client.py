@@ -1,10 +1,9 @@
-"""The edge's side of split training: handlers for the split messages, as a mod.
+"""The edge's side of split training: handlers for the split messages.
 
-A ``ClientApp`` built with ``client_fn`` only answers ``train``, ``evaluate`` and
-``query``; its mods, though, see every message. :func:`split_mod` answers the split
-steps itself and passes everything else on:
+:func:`split_handler` answers the split steps (registered with
+:func:`fl_app.exchange.register_handler`, so the ClientApp's ``handlers_mod``
+routes them here); the node's partition id is asked with ``query.node_info``:
 
-- ``query.split_info``: the node's partition id and row counts;
 - ``train.split_forward``: the round's client part arrives; the client draws the
   round's batch order, zeroes its optimizer and replies with the cut activations
   (and labels) of the first ``split-chunk`` mini-batches;
@@ -31,14 +30,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fl_app.client import client_data, node_partition
 from fl_app.config import ConfigError, RunConfig, parse_run_config
+from fl_app.exchange import arrays, register_handler
 from fl_app.split import (
     BACKWARD,
     EVALUATE,
     FORWARD,
-    INFO,
     LOCAL,
     SPLIT_TYPES,
-    arrays,
     cut_layer,
     get_client_part,
 )
@@ -123,20 +121,6 @@ class SplitNode:
         return np.random.default_rng([self.cfg.seed, server_round, self.partition_id])
 
     # -- handlers -----------------------------------------------------------------
-
-    def info(self, content: RecordDict) -> RecordDict:
-        """Report the partition id and row counts."""
-        return RecordDict(
-            {
-                "info": ConfigRecord(
-                    {
-                        "partition_id": self.partition_id,
-                        "num_train": len(self.data.train),
-                        "num_val": len(self.data.val),
-                    }
-                )
-            }
-        )
 
     def forward(self, content: RecordDict) -> RecordDict:
         """Start the round: set the client part, draw the batches, send a chunk."""
@@ -260,7 +244,6 @@ class SplitNode:
 
 
 HANDLERS: dict[str, Callable[[SplitNode, RecordDict], RecordDict]] = {
-    INFO: SplitNode.info,
     FORWARD: SplitNode.forward,
     BACKWARD: SplitNode.backward,
     LOCAL: SplitNode.local,
@@ -268,17 +251,15 @@ HANDLERS: dict[str, Callable[[SplitNode, RecordDict], RecordDict]] = {
 }
 
 
-def split_mod(
-    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-) -> Message:
-    """Answer the split-training messages; pass every other message on."""
+def split_handler(msg: Message, context: Context) -> RecordDict:
+    """Answer one split-training message from this node's data and state."""
     message_type = msg.metadata.message_type
-    if message_type not in SPLIT_TYPES:
-        return call_next(msg, context)
     cfg = parse_run_config(context.run_config)
     if cfg.split is None:
         raise ConfigError(
             f"received a '{message_type}' message but run config key 'split' is 'none'"
         )
-    node = SplitNode(cfg, context)
-    return Message(HANDLERS[message_type](node, msg.content), reply_to=msg)
+    return HANDLERS[message_type](SplitNode(cfg, context), msg.content)
+
+
+register_handler(SPLIT_TYPES, split_handler)

@@ -21,7 +21,8 @@ and saved as today. Federated evaluation sends the client part and scores the
 validation rows' cut activations on the server part (``query.split_evaluate``).
 
 Clients are sampled by partition id with ``numpy.random.default_rng([seed, round])``
-(asked once with ``query.split_info``), so the seed reproduces which clients train.
+(asked once with ``query.node_info``, :class:`fl_app.exchange.NodeExchange`), so the
+seed reproduces which clients train.
 Every round's record adds the bytes by kind (activations, labels, cut gradients,
 client-part weights each way), the messages exchanged and the server's compute time.
 """
@@ -31,12 +32,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from fl_app.exchange import NodeExchange, RoundTally, arrays
 from fl_app.results import _pyplot, _save
 from fl_app.server_app import (
     ServerRun,
@@ -47,11 +48,9 @@ from fl_app.split import (
     BACKWARD,
     EVALUATE,
     FORWARD,
-    INFO,
     LOCAL,
     ClientPart,
     ServerPart,
-    arrays,
     aux_head_params,
     client_shares,
     cut_layer,
@@ -70,43 +69,13 @@ KINDS = {
 }
 
 
-def record_bytes(content: RecordDict) -> dict[str, int]:
-    """Return the serialized array bytes of a message's content, per record name."""
-    return {
-        name: sum(len(array.data) for array in record.values())
-        for name, record in content.array_records.items()
-    }
-
-
-@dataclass
-class RoundTally:
-    """What one round exchanged: bytes by kind and per node, messages, failures."""
-
-    totals: dict[str, int] = field(default_factory=dict)
-    up: dict[int, int] = field(default_factory=dict)
-    down: dict[int, int] = field(default_factory=dict)
-    messages: int = 0
-    failures: dict[int, str] = field(default_factory=dict)
-    rejected: dict[int, str] = field(default_factory=dict)
-    server_compute_s: float = 0.0
-    # time.monotonic() by which the round's exchanges must be answered (None: wait)
-    deadline: float | None = None
-
-    def count(self, node: int, content: RecordDict, direction: str) -> None:
-        """Account one message's arrays (``direction``: ``up`` or ``down``)."""
-        for name, size in record_bytes(content).items():
-            key = KINDS.get(name, f"bytes_weights_{direction}")
-            self.totals[key] = self.totals.get(key, 0) + size
-            per_node = self.up if direction == "up" else self.down
-            per_node[node] = per_node.get(node, 0) + size
-
-
-class SplitServer:
+class SplitServer(NodeExchange):
     """The server side of one split run: its part, the exchanges, the rounds."""
 
+    name = "split"
+
     def __init__(self, run: ServerRun) -> None:
-        self.run = run
-        self.cfg = run.cfg
+        super().__init__(run)
         split = run.cfg.split
         self.mode = split.mode
         self.cut = cut_layer(split, run.cfg.model.name)
@@ -118,80 +87,7 @@ class SplitServer:
             aux = ClientPart(run.key, self.cut, local_loss=True).get_weights()[n:]
             self.client_weights = self.client_weights + aux
         self.num_part_arrays = n
-        self.partitions: dict[int, int] = {}  # node id -> partition id
         self.act_shape = tuple(self.server.model.input.shape[1:])
-
-    # -- messages -----------------------------------------------------------------
-
-    def exchange(
-        self,
-        contents: Mapping[int, RecordDict],
-        message_type: str,
-        server_round: int,
-        tally: RoundTally,
-    ) -> dict[int, RecordDict]:
-        """Send one message per node and return the replies that came back."""
-        if not contents:
-            return {}
-        messages = []
-        for node, content in contents.items():
-            tally.count(node, content, "down")
-            messages.append(
-                Message(content, node, message_type, group_id=str(server_round))
-            )
-        timeout = None
-        if tally.deadline is not None:  # what is left of the round's round_timeout
-            timeout = max(tally.deadline - time.monotonic(), 0.001)
-        replies: dict[int, RecordDict] = {}
-        tally.messages += len(messages)
-        for reply in self.run.grid.send_and_receive(messages, timeout=timeout):
-            node = reply.metadata.src_node_id
-            tally.messages += 1
-            if reply.has_error():
-                reason = reply.error.reason
-                log.warning("split %s: node %s failed: %s", message_type, node, reason)
-                tally.failures[node] = reason
-                continue
-            tally.count(node, reply.content, "up")
-            replies[node] = reply.content
-        for node in set(contents) - set(replies) - set(tally.failures):
-            tally.failures[node] = (
-                f"no reply to {message_type} within the round's "
-                f"round-timeout ({self.cfg.round_timeout:g} s)"
-            )
-            log.warning("split %s: node %s did not reply", message_type, node)
-        return replies
-
-    def discover(self) -> None:
-        """Ask every node for its partition id (sampling is by partition id)."""
-        tally = RoundTally()
-        replies = self.exchange(
-            {node: RecordDict() for node in self.run.grid.get_node_ids()},
-            INFO,
-            0,
-            tally,
-        )
-        for node, content in replies.items():
-            try:
-                self.partitions[node] = int(
-                    content.config_records["info"]["partition_id"]
-                )
-            except (KeyError, TypeError, ValueError):
-                tally.failures[node] = f"no partition id in its {INFO} reply"
-                log.warning("split: node %s sent no partition id; not sampled", node)
-        if len(self.partitions) < self.cfg.clients_per_round:
-            raise RuntimeError(
-                f"split training: {len(self.partitions)} node(s) answered "
-                f"{INFO}, clients-per-round is {self.cfg.clients_per_round}; "
-                f"failures: {tally.failures}"
-            )
-
-    def sample(self, server_round: int, count: int, stream: int) -> list[int]:
-        """Return ``count`` node ids drawn by partition id from the run's seed."""
-        by_pid = sorted(self.partitions, key=self.partitions.__getitem__)
-        rng = np.random.default_rng([self.cfg.seed, server_round, stream])
-        chosen = rng.choice(len(by_pid), size=count, replace=False)
-        return sorted((by_pid[i] for i in chosen), key=self.partitions.__getitem__)
 
     def _config(self, server_round: int) -> ConfigRecord:
         return ConfigRecord({"server_round": server_round})
@@ -407,7 +303,7 @@ class SplitServer:
         bounds the training exchanges of a round together, and evaluation's.
         """
         started = time.perf_counter()
-        tally = RoundTally()
+        tally = RoundTally(KINDS)
         if self.cfg.round_timeout:
             tally.deadline = time.monotonic() + self.cfg.round_timeout
         nodes = self.sample(server_round, self.cfg.clients_per_round, stream=0)
@@ -434,7 +330,7 @@ class SplitServer:
             if losses
             else None,
         }
-        evaluation = RoundTally()
+        evaluation = RoundTally(KINDS)
         if self.cfg.round_timeout:
             evaluation.deadline = time.monotonic() + self.cfg.round_timeout
         row.update(self.evaluate_federated(server_round, evaluation))
@@ -487,7 +383,7 @@ def split_workflow(run: ServerRun) -> list[np.ndarray]:
         split.cut,
     )
     run.central(0, split.global_weights(), {})
-    split.discover()
+    split.discover(cfg.clients_per_round)
     for server_round in range(1, cfg.num_rounds + 1):
         run.recorder.write_round(split.run_round(server_round))
     return split.global_weights()

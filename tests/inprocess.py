@@ -14,10 +14,11 @@ log streaming, and several clients per round training at once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -167,13 +168,22 @@ def run_in_process(
         state=RecordDict(),
         run_config=dict(run_config),
     )
-    # Messages take their run id from the task identity of the process, as in the
-    # simulation process Flower starts for a run.
+    with server_identity(grid.run.run_id):
+        server_app(grid, context)
+    return grid
+
+
+@contextlib.contextmanager
+def server_identity(run_id: int) -> Iterator[None]:
+    """Let this process create messages as a run's ServerApp does.
+
+    Messages take their run id from the task identity of the process, as in the
+    simulation process Flower starts for a run.
+    """
     saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id = 1, grid.run.run_id
+    TaskIdentity.task_id, TaskIdentity.run_id = 1, run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     try:
-        server_app(grid, context)
+        yield
     finally:
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = saved
-    return grid

@@ -344,3 +344,55 @@ def test_split_round_survives_a_client_failing_mid_round(tmp_path, monkeypatch):
     assert sorted(trained) == [0, 2]
     assert all(c["num_examples"] > 0 for c in second["clients"])
     assert summary_of(out)["final_accuracy"] > summary_of(out)["initial_accuracy"]
+
+
+def test_synthetic_gan_phase_then_balanced_rounds_end_to_end(tmp_path):
+    out = tmp_path / "gan"
+    run_in_process(
+        [
+            *THREE,
+            "num_rounds=2",
+            "evaluate_clients_per_round=3",
+            "partition=pathological",
+            "synthetic=gan",
+            "synthetic.rounds=3",
+            "synthetic.local_steps=2",
+            "synthetic.tstr_rows=5",
+            "synthetic.tstr_epochs=1",
+        ],
+        out,
+    )
+    gan_rows = read_rows(out, "gan")
+    rows = read_rows(out)
+    assert [r["round"] for r in gan_rows] == [1, 2, 3]
+    assert [r["round"] for r in rows] == [1, 2]  # the classifier's, as without
+    for r in gan_rows:
+        assert r["phase"] == "gan" and r["num_rejected"] == 0
+        assert math.isfinite(r["gan_d_loss"]) and math.isfinite(r["gan_g_loss"])
+        assert r["bytes_up"] > 0 and r["epsilon_gan_max"] is None
+    summary = summary_of(out)
+    counts = {c["partition_id"]: c for c in summary["synthetic_clients"]}
+    assert sorted(counts) == [0, 1, 2]
+    for client in rows[-1]["clients"]:
+        mine = counts[client["partition_id"]]
+        # trained on its real rows plus the generated ones; weighted by the real
+        assert client["num_real"] == mine["num_real"] == client["num_examples"]
+        assert client["num_synthetic"] == mine["num_synthetic"] > 0
+        largest = max(mine["real_by_class"])
+        filled = np.add(mine["real_by_class"], mine["synthetic_by_class"])
+        assert filled.tolist() == [largest] * 10
+    assert summary["synthetic_rows"] == sum(c["num_synthetic"] for c in counts.values())
+    assert summary["synthetic_to_real_ratio"] == pytest.approx(
+        summary["synthetic_rows"] / summary["synthetic_real_rows"]
+    )
+    assert 0 <= summary["tstr_accuracy"] <= 1 and summary["gan_rounds"] == 3
+    assert summary["rounds"] == 2 and summary["bytes_up"] == sum(
+        r["bytes_up"] for r in rows
+    )  # the GAN phase's traffic is counted apart
+    assert summary["gan_bytes_up"] == sum(r["bytes_up"] for r in gan_rows)
+    import tf_keras
+
+    generator = tf_keras.models.load_model(out / "generator.keras")
+    sample = generator([np.zeros((2, 32), np.float32), np.array([3, 7])])
+    assert tuple(sample.shape) == (2, 8, 8, 1)
+    assert (out / "synthetic_samples.png").stat().st_size > 0

@@ -21,7 +21,7 @@ def test_gan_networks_fit_each_datasets_rows(shape):
     assert rows.shape == (3, *shape)
     if len(shape) == 3:  # images in [0, 1]
         assert rows.min() >= 0 and rows.max() <= 1
-    assert discriminator([rows, labels]).shape == (3, 1)
+    assert discriminator([rows, labels]).shape == (3, 11)  # real logit, 10 classes
 
 
 def test_gan_step_teaches_the_discriminator_to_tell_real_from_generated():
