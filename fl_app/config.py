@@ -737,26 +737,26 @@ class SyntheticConfig:
         key="synthetic",
         help="gan: a federated conditional GAN fills each client's minority classes",
     )
-    rounds: int = setting(40, ">= 1 (GAN rounds before the classifier's)", _positive)
+    rounds: int = setting(100, ">= 1 (GAN rounds before the classifier's)", _positive)
     local_steps: int = setting(
-        25, ">= 1 (mini-batches per client per GAN round)", _positive
+        50, ">= 1 (mini-batches per client per GAN round)", _positive
     )
     batch_size: int = setting(64, ">= 1", _positive)
     latent_dim: int = setting(32, ">= 1", _positive)
-    generator_learning_rate: float = setting(2e-3, "> 0", _positive)
-    discriminator_learning_rate: float = setting(2e-3, "> 0", _positive)
+    generator_learning_rate: float = setting(1e-3, "> 0", _positive)
+    discriminator_learning_rate: float = setting(4e-3, "> 0", _positive)
     class_weight: float = setting(
         0.3,
         ">= 0 (0: a plain conditional GAN)",
         _non_negative,
         help="weight of the discriminator's auxiliary class loss (AC-GAN)",
     )
-    generator_ema: float = setting(
-        0.9,
-        "0 <= value < 1 (0: the last round's generator)",
-        lambda v: 0 <= v < 1,
-        help="the final generator is this exponential moving average of the "
-        "rounds' averaged generators",
+    diversity_weight: float = setting(
+        1.0,
+        ">= 0 (0: off)",
+        _non_negative,
+        help="weight of the generator's mode-seeking term, which keeps samples of "
+        "one class apart",
     )
     fill: str = setting(
         "largest",

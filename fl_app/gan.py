@@ -1,15 +1,13 @@
 """A small class-conditional GAN per dataset, its local training step, balancing.
 
-Groundwork for synthetic data from a federated conditional GAN: the generator and
-discriminator fit for each dataset's rows (dense networks for 8×8 digits and
-vectors, small convolutional ones for 28×28 and 32×32 images), one local training
-step on a client's real rows (the discriminator on real against generated rows,
-the generator through the discriminator), class-conditional sampling, and how many
-rows of each class a client would add (:func:`fill_counts`, pure numpy).
-
-The federated phase (the server averaging both networks over the clients, its own
-rounds and records) and the balancing of client training data build on these and
-are not wired into the apps yet.
+The generator and discriminator fit for each dataset's rows (dense networks for
+8×8 digits and vectors, small convolutional ones for 28×28 and 32×32 images), one
+local training step on a client's real rows (:class:`GanTrainer`: the
+discriminator on real against generated rows, with an auxiliary class head; the
+generator through the discriminator; optionally DP-SGD for the discriminator),
+class-conditional sampling, and how many rows of each class a client adds
+(:func:`fill_counts`, pure numpy). The federated phase around them is
+:mod:`fl_app.synthetic_server` (server) and :mod:`fl_app.synthetic` (nodes).
 """
 
 from __future__ import annotations
@@ -116,6 +114,7 @@ def _bce(target: float, logits: tf.Tensor) -> tf.Tensor:
 
 
 def _class_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-row cross-entropy of the auxiliary class head."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
@@ -132,12 +131,17 @@ class GanTrainer:
 
     The discriminator learns to score real rows of each class as real, generated
     rows (of the same labels) as fake, and to tell the class of real rows; the
-    generator learns to make rows the discriminator scores as real and of the class
-    asked for. Both use Adam (β₁ = 0.5). With ``dp``, the discriminator's step is
+    generator learns, for labels drawn uniformly over all classes, to make rows the
+    discriminator scores as real and of the class asked for, and rows of one class
+    that differ as their noise does (the mode-seeking term, ``diversity_weight``).
+    Uniform labels let a client with few classes keep training the generator on
+    every class against the federated discriminator; they also mean nothing of a
+    real batch reaches the generator except through the discriminator. Adam
+    (β₁ = 0.5) for both, the discriminator at its own rate (two time-scale updates,
+    Heusel et al., 2017). With ``dp``, the discriminator's step is
     tensorflow-privacy's DP Adam over per-row losses (each real row with the
-    generated row of its label, clipped together, Gaussian noise added), and the
-    generator's labels are drawn uniformly, so nothing of a real batch reaches the
-    generator except through the noised discriminator (post-processing).
+    generated row of its label, clipped together, Gaussian noise added), so the
+    generator inherits its guarantee by post-processing.
     """
 
     def __init__(
@@ -150,9 +154,11 @@ class GanTrainer:
         discriminator_learning_rate: float | None = None,
         dp: GanDp | None = None,
         class_weight: float = 1.0,
+        diversity_weight: float = 0.0,
     ) -> None:
         keras.utils.set_random_seed(seed)
         self.class_weight = class_weight
+        self.diversity_weight = diversity_weight
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.dp = dp
@@ -211,6 +217,13 @@ class GanTrainer:
                 _bce(1.0, out[:, 0])
                 + self.class_weight * _class_loss(g_labels, out[:, 1:])
             )
+            if self.diversity_weight:  # mode seeking (Mao et al., CVPR 2019)
+                other = self.generator([noise, g_labels], training=True)
+                axes = tf.range(1, tf.rank(fake))
+                spread = tf.reduce_mean(tf.abs(fake - other), axis=axes) / (
+                    tf.reduce_mean(tf.abs(g_noise - noise), axis=1)
+                )
+                g_loss += self.diversity_weight * tf.reduce_mean(1 / (spread + 1e-5))
         self.g_optimizer.apply_gradients(
             zip(tape.gradient(g_loss, g_vars), g_vars, strict=True)
         )
@@ -223,9 +236,7 @@ class GanTrainer:
         n = len(y)
         noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
         g_noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
-        g_labels = (
-            rng.integers(0, self.num_classes, n) if self.dp is not None else y
-        ).astype(np.int32)
+        g_labels = rng.integers(0, self.num_classes, n).astype(np.int32)
         d_loss, g_loss = self._step(
             tf.constant(x),
             tf.constant(y.astype(np.int32)),

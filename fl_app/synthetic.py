@@ -67,6 +67,7 @@ def get_trainer(
         seed=seed,
         dp=dp,
         class_weight=synthetic.class_weight,
+        diversity_weight=synthetic.diversity_weight,
     )
 
 

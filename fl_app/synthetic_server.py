@@ -48,24 +48,6 @@ GAN_STREAM = 3  # sampling stream of the GAN rounds (fl_app.exchange.sample)
 TSTR_STREAM = 5
 
 
-def moving_average(
-    average: list[np.ndarray], latest: list[np.ndarray], beta: float, rounds: int
-) -> list[np.ndarray]:
-    """``beta · average + (1 − beta) · latest`` per array; round 1 starts it.
-
-    Averaging a GAN generator's weights over training gives steadier samples than
-    its last iterate (Yazıcı et al., ICLR 2019).
-    """
-    if rounds <= 1:
-        return [np.array(w, copy=True) for w in latest]
-    return [
-        (beta * a.astype(np.float64) + (1 - beta) * b.astype(np.float64)).astype(
-            b.dtype
-        )
-        for a, b in zip(average, latest, strict=True)
-    ]
-
-
 class GanServer(NodeExchange):
     """The GAN phase of one run: the two networks, the rounds, the fill step."""
 
@@ -82,10 +64,9 @@ class GanServer(NodeExchange):
             discriminator_learning_rate=syn.discriminator_learning_rate,
             seed=run.cfg.seed,
             class_weight=syn.class_weight,
+            diversity_weight=syn.diversity_weight,
         )
         self.generator, self.discriminator = self.trainer.get_weights()
-        # the final generator: a moving average of the rounds' averaged generators
-        self.ema = self.generator
 
     def _accept(
         self, replies: dict[int, RecordDict], tally: RoundTally
@@ -139,9 +120,6 @@ class GanServer(NodeExchange):
             )
         self.generator = aggregate_weighted([(g, k) for _, g, _, k, _ in accepted])
         self.discriminator = aggregate_weighted([(d, k) for _, _, d, k, _ in accepted])
-        self.ema = moving_average(
-            self.ema, self.generator, self.cfg.synthetic.generator_ema, server_round
-        )
         rows = sum(k for *_, k, _ in accepted)
 
         def mean(name: str) -> float:
@@ -178,12 +156,15 @@ class GanServer(NodeExchange):
             "wall_time_s": time.perf_counter() - started,
         }
 
-    def fill(self) -> list[dict[str, Any]]:
-        """Send every node the final generator; return each one's row counts."""
+    def fill(self) -> tuple[list[dict[str, Any]], int]:
+        """Send every node the final generator; return its row counts and the bytes.
+
+        Row counts are one dict per node that answered; bytes: the generator sent.
+        """
         tally = RoundTally()
         if self.cfg.round_timeout:
             tally.deadline = time.monotonic() + self.cfg.round_timeout
-        final = ArrayRecord(numpy_ndarrays=self.ema)
+        final = ArrayRecord(numpy_ndarrays=self.generator)
         replies = self.exchange(
             {
                 n: RecordDict({"generator": final})
@@ -215,7 +196,7 @@ class GanServer(NodeExchange):
                 node,
                 reason,
             )
-        return counts
+        return counts, sum(tally.down.values())
 
 
 def gan_phase(run: ServerRun) -> None:
@@ -235,9 +216,10 @@ def gan_phase(run: ServerRun) -> None:
     for server_round in range(1, syn.rounds + 1):
         row = server.run_round(server_round)
         run.recorder.write_phase_round(row, syn.rounds)
-    counts = server.fill()
+    counts, fill_bytes = server.fill()
     run.phases["synthetic"] = {
-        "generator": server.ema,
+        "fill_bytes_down": fill_bytes,
+        "generator": server.generator,
         "trainer": server.trainer,
         "initial_weights": initial,
         "counts": counts,
@@ -298,6 +280,7 @@ def synthetic_summary(run: ServerRun, weights: list[np.ndarray]) -> dict[str, An
         "gan_wall_time_s": phase["wall_time_s"],
         "gan_bytes_up": sum(r["bytes_up"] for r in gan_rows),
         "gan_bytes_down": sum(r["bytes_down"] for r in gan_rows),
+        "gan_fill_bytes_down": phase["fill_bytes_down"],
         "gan_final_d_loss": gan_rows[-1]["gan_d_loss"] if gan_rows else None,
         "gan_final_g_loss": gan_rows[-1]["gan_g_loss"] if gan_rows else None,
         "epsilon_gan_max": max(epsilons) if epsilons else None,

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from fl_app.launcher import LocalSuperLink
+from fl_app.results import read_rows
 from tests.integration.conftest import ROOT, TINY, run_entry
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ def read_jsonl(path):
 
 
 def check_results(out, rounds, clients):
-    rows = read_jsonl(out / "metrics.jsonl")
+    rows = read_rows(out)  # the classifier's rounds
     assert [row["round"] for row in rows] == list(range(1, rounds + 1))
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
@@ -87,6 +88,8 @@ def test_hydra_sweep_runs_each_job_in_flower_with_the_same_seed_same_metrics(
 
 
 def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_processes):
+    # with the synthetic-data GAN phase, whose messages Ray workers answer from
+    # node state alone, before the classifier's rounds
     out = tmp_path / "flwr"
     with LocalSuperLink() as link:
         streamed = link.cli(
@@ -95,7 +98,9 @@ def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_proce
             "fl-dnn",
             "--run-config",
             f"num-rounds=2 num-clients=2 clients-per-round=2 "
-            f"evaluate-clients-per-round=2 output-dir='{out}'",
+            f"evaluate-clients-per-round=2 output-dir='{out}' synthetic='gan' "
+            f"synthetic-rounds=2 synthetic-local-steps=2 synthetic-tstr-rows=5 "
+            f"synthetic-tstr-epochs=1",
             "--federation-config",
             "num-supernodes=2 client-resources-num-cpus=1",
             "--stream",
@@ -105,7 +110,14 @@ def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_proce
         listing = json.loads(link.cli("ls", "--format", "json").stdout)
     (run,) = listing["runs"]
     assert run["status"] == "finished:completed"
-    check_results(out, rounds=2, clients=2)
+    summary = check_results(out, rounds=2, clients=2)
+    gan_rows = read_rows(out, "gan")
+    assert [r["round"] for r in gan_rows] == [1, 2]
+    assert all(r["num_failures"] == 0 and r["num_rejected"] == 0 for r in gan_rows)
+    assert summary["synthetic_rows"] > 0 and summary["gan_rounds"] == 2
+    last = read_rows(out)[-1]["clients"]
+    assert sum(c["num_synthetic"] for c in last) == summary["synthetic_rows"]
+    assert (out / "generator.keras").stat().st_size > 0
 
 
 def test_invalid_config_fails_before_training(tmp_path, no_leftover_processes):

@@ -264,17 +264,3 @@ def test_a_non_finite_gan_update_is_rejected_and_the_round_goes_on(
     assert row["rejected"][0]["partition_id"] == 1
     assert all(np.all(np.isfinite(w)) for w in server.generator)
     assert [c["partition_id"] for c in row["clients"]] == [0, 2]
-
-
-def test_the_final_generator_is_a_moving_average_of_the_rounds_by_hand():
-    from fl_app.synthetic_server import moving_average
-
-    first = [np.array([1.0, 2.0], np.float32)]
-    second = [np.array([3.0, 6.0], np.float32)]
-    start = moving_average([np.zeros(2, np.float32)], first, 0.9, 1)
-    np.testing.assert_array_equal(start[0], [1.0, 2.0])  # round 1 starts it
-    after = moving_average(start, second, 0.9, 2)
-    np.testing.assert_allclose(after[0], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * 6])
-    assert after[0].dtype == np.float32
-    last = moving_average(start, second, 0.0, 2)  # beta 0: the latest round's
-    np.testing.assert_array_equal(last[0], second[0])
