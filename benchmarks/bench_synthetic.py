@@ -9,15 +9,19 @@ CNN, FedAvg, 20 classifier rounds, every client every round):
   its largest;
 - ``dirichlet`` / ``dirichlet_gan``: Dirichlet(0.1) label skew, without and with;
 - ``pathological_gan_dp``: pathological with DP-SGD on the discriminator
-  (``DP`` below: per-client ε after the GAN phase is reported, and must be ≤ 8).
+  (``DP`` below: per-client ε after the GAN phase is reported, and must be ≤ 8);
+- ``pathological_untrained``: a control, balanced with rows of a generator trained
+  for one step only (noise with the right labels): how much of a gain comes from
+  balancing the labels a client trains on, whatever the rows look like.
 
     uv run python benchmarks/bench_synthetic.py --out benchmarks/results/synthetic.json
 
 FILE keys: ``pathological_gain_points``, ``dirichlet_gain_points``,
 ``dp_pathological_gain_points`` (central accuracy with balancing minus without, in
-points, after the last round); ``tstr_accuracy`` (of the pathological run's final
-generator: a classifier trained only on its rows, tested on the real central test
-set), ``tstr_accuracy_dirichlet``, ``tstr_accuracy_dp``; ``dp_epsilon`` (the largest
+points, after the last round), ``untrained_pathological_gain_points`` (the
+control); ``tstr_accuracy`` (of the pathological run's final generator: a
+classifier trained only on its rows, tested on the real central test set),
+``tstr_accuracy_dirichlet``, ``tstr_accuracy_dp``; ``dp_epsilon`` (the largest
 per-client ε of the DP run, δ = 1e-5); per run ``central_accuracy``,
 ``accuracy_by_round``, ``gan_wall_time_s`` beside ``classifier_wall_time_s`` (the
 run's wall time minus the GAN phase and the TSTR score), ``synthetic_to_real_ratio``.
@@ -54,6 +58,7 @@ DP = {
     "synthetic-rounds": 40,
     "synthetic-local-steps": 20,
 }
+UNTRAINED = {**GAN, "synthetic-rounds": 1, "synthetic-local-steps": 1}
 EPSILON_TARGET = 8.0
 
 
@@ -110,6 +115,7 @@ def main() -> None:
         "dirichlet": PARTITIONS["dirichlet"],
         "dirichlet_gan": {**PARTITIONS["dirichlet"], **GAN},
         "pathological_gan_dp": {**PARTITIONS["pathological"], **DP},
+        "pathological_untrained": {**PARTITIONS["pathological"], **UNTRAINED},
     }
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         runs = {
@@ -128,12 +134,16 @@ def main() -> None:
         "pathological_gain_points": gain("pathological_gan", "pathological"),
         "dirichlet_gain_points": gain("dirichlet_gan", "dirichlet"),
         "dp_pathological_gain_points": gain("pathological_gan_dp", "pathological"),
+        "untrained_pathological_gain_points": gain(
+            "pathological_untrained", "pathological"
+        ),
         "dp_epsilon": dp_epsilon,
         "dp_epsilon_within_target": dp_epsilon is not None
         and dp_epsilon <= EPSILON_TARGET,
         "tstr_accuracy": runs["pathological_gan"]["tstr_accuracy"],
         "tstr_accuracy_dirichlet": runs["dirichlet_gan"]["tstr_accuracy"],
         "tstr_accuracy_dp": runs["pathological_gan_dp"]["tstr_accuracy"],
+        "tstr_accuracy_untrained": runs["pathological_untrained"]["tstr_accuracy"],
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
