@@ -6,7 +6,9 @@ processes show: the Hydra entry, ``flwr run``, Ray workers, exit codes.
 """
 
 import json
+import math
 
+import numpy as np
 import pytest
 
 from fl_app.launcher import LocalSuperLink
@@ -99,7 +101,7 @@ def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_proce
             "--run-config",
             f"num-rounds=2 num-clients=2 clients-per-round=2 "
             f"evaluate-clients-per-round=2 output-dir='{out}' synthetic='gan' "
-            f"synthetic-rounds=2 synthetic-local-steps=2 synthetic-tstr-rows=5 "
+            f"synthetic-rounds=1 synthetic-local-steps=1 synthetic-tstr-rows=5 "
             f"synthetic-tstr-epochs=1",
             "--federation-config",
             "num-supernodes=2 client-resources-num-cpus=1",
@@ -110,14 +112,36 @@ def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_proce
         listing = json.loads(link.cli("ls", "--format", "json").stdout)
     (run,) = listing["runs"]
     assert run["status"] == "finished:completed"
+    # check_results: the classifier's rounds and bytes as without the GAN phase
     summary = check_results(out, rounds=2, clients=2)
     gan_rows = read_rows(out, "gan")
-    assert [r["round"] for r in gan_rows] == [1, 2]
-    assert all(r["num_failures"] == 0 and r["num_rejected"] == 0 for r in gan_rows)
-    assert summary["synthetic_rows"] > 0 and summary["gan_rounds"] == 2
-    last = read_rows(out)[-1]["clients"]
-    assert sum(c["num_synthetic"] for c in last) == summary["synthetic_rows"]
-    assert (out / "generator.keras").stat().st_size > 0
+    assert [r["round"] for r in gan_rows] == [1]
+    for r in gan_rows:
+        assert r["phase"] == "gan" and r["num_failures"] == r["num_rejected"] == 0
+        assert math.isfinite(r["gan_d_loss"]) and math.isfinite(r["gan_g_loss"])
+        assert r["bytes_up"] > 0 and r["epsilon_gan_max"] is None
+    assert summary["gan_rounds"] == 1
+    assert summary["gan_bytes_up"] == sum(r["bytes_up"] for r in gan_rows)
+    counts = {c["partition_id"]: c for c in summary["synthetic_clients"]}
+    assert sorted(counts) == [0, 1]
+    for client in read_rows(out)[-1]["clients"]:
+        mine = counts[client["partition_id"]]
+        # trained on its real rows plus generated ones, weighted by the real ones
+        assert client["num_real"] == mine["num_real"] == client["num_examples"]
+        assert client["num_synthetic"] == mine["num_synthetic"]
+        largest = max(mine["real_by_class"])
+        filled = [
+            r + g for r, g in zip(mine["real_by_class"], mine["synthetic_by_class"])
+        ]
+        assert filled == [largest] * 10  # every class up to the largest
+    assert summary["synthetic_rows"] == sum(c["num_synthetic"] for c in counts.values())
+    assert summary["synthetic_rows"] > 0 and 0 <= summary["tstr_accuracy"] <= 1
+    import tf_keras
+
+    generator = tf_keras.models.load_model(out / "generator.keras")
+    sample = generator([np.zeros((2, 32), np.float32), np.array([3, 7])])
+    assert tuple(sample.shape) == (2, 8, 8, 1)
+    assert (out / "synthetic_samples.png").stat().st_size > 0
 
 
 def test_invalid_config_fails_before_training(tmp_path, no_leftover_processes):
