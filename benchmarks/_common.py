@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 
 def progress_echo(name: str | None = None) -> Callable[[str], None]:
@@ -14,3 +16,20 @@ def progress_echo(name: str | None = None) -> Callable[[str], None]:
             print(f"{prefix}{line}", flush=True)
 
     return echo
+
+
+def simulate(
+    name: str, config: Mapping[str, Any], workdir: Path, num_supernodes: int = 10
+):
+    """Run the app once in Flower's simulation into ``workdir / name``; echo progress.
+
+    Returns :class:`fl_app.launcher.RunOutcome` (``output_dir``, ``summary``).
+    """
+    from fl_app.launcher import run_simulation
+
+    return run_simulation(
+        config,
+        output_dir=workdir / name,
+        num_supernodes=num_supernodes,
+        echo=progress_echo(name),
+    )

@@ -34,9 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
+from _common import simulate  # noqa: E402
 
-from fl_app.launcher import run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
 
 HEADLINE = "sign"
@@ -66,12 +65,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
         "evaluate-clients-per-round": 0,
         **overrides,
     }
-    outcome = run_simulation(
-        config,
-        output_dir=workdir / name,
-        num_supernodes=10,
-        echo=progress_echo(name),
-    )
+    outcome = simulate(name, config, workdir)
     rows = read_rows(outcome.output_dir)
     up = [c["bytes_up"] for row in rows for c in row["clients"]]
     last_up = [c["bytes_up"] for c in rows[-1]["clients"]]

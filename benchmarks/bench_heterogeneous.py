@@ -35,9 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
+from _common import simulate  # noqa: E402
 
-from fl_app.launcher import run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
 
 EQUAL = "1.0:1,0.5:1,0.25:1"
@@ -72,12 +71,7 @@ RUNS = {
 
 def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
     config = {"num-rounds": rounds, "save-model": False, **overrides}
-    outcome = run_simulation(
-        config,
-        output_dir=workdir / name,
-        num_supernodes=10,
-        echo=progress_echo(name),
-    )
+    outcome = simulate(name, config, workdir)
     rows = read_rows(outcome.output_dir)
     by_width: dict[str, list[int]] = {}
     for row in rows:

@@ -25,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
+from _common import simulate  # noqa: E402
 
-from fl_app.launcher import run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
 
 APFL = {"strategy": "personalized", "strategy-mode": "apfl"}
@@ -51,12 +50,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
         **overrides,
     }
     started = time.perf_counter()
-    outcome = run_simulation(
-        config,
-        output_dir=workdir / name,
-        num_supernodes=10,
-        echo=progress_echo(name),
-    )
+    outcome = simulate(name, config, workdir)
     last = read_rows(outcome.output_dir)[-1]
     return {
         "config": overrides,

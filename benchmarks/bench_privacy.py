@@ -34,9 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
-
-from fl_app.launcher import run_simulation  # noqa: E402
+from _common import simulate  # noqa: E402
 
 COMMON = {"save-model": False, "evaluate-clients-per-round": 0, "num-rounds": 20}
 SYNTHETIC = {
@@ -104,12 +102,7 @@ CLIENT_LEVEL = [
 def run(name: str, overrides: dict, workdir: Path) -> dict:
     config = {**COMMON, **overrides}
     started = time.perf_counter()
-    outcome = run_simulation(
-        config,
-        output_dir=workdir / name,
-        num_supernodes=config.get("num-clients", 10),
-        echo=progress_echo(name),
-    )
+    outcome = simulate(name, config, workdir, config.get("num-clients", 10))
     summary = outcome.summary
     return {
         "accuracy": summary["final_accuracy"],

@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
+from _common import progress_echo, simulate  # noqa: E402
 
 from fl_app.deployment import LocalDeployment  # noqa: E402
-from fl_app.launcher import run_app, run_simulation  # noqa: E402
+from fl_app.launcher import run_app  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
 
 BASE = {
@@ -122,12 +122,7 @@ def main() -> None:
         tmp = Path(tmp)
         for name in ("fedavg", *MODES):
             extra = {} if name == "fedavg" else {"split": name}
-            outcome = run_simulation(
-                {"num-rounds": args.rounds, **BASE, **extra},
-                output_dir=tmp / name,
-                num_supernodes=10,
-                echo=progress_echo(name),
-            )
+            outcome = simulate(name, {"num-rounds": args.rounds, **BASE, **extra}, tmp)
             runs[name] = figures(outcome.output_dir, outcome.summary)
         deployment = {}
         if not args.no_deployment:

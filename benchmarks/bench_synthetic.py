@@ -37,9 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
+from _common import simulate  # noqa: E402
 
-from fl_app.launcher import run_simulation  # noqa: E402
 from fl_app.results import read_rows  # noqa: E402
 
 BASE = {"save-model": False}
@@ -63,12 +62,7 @@ EPSILON_TARGET = 8.0
 
 
 def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
-    outcome = run_simulation(
-        {"num-rounds": rounds, **BASE, **overrides},
-        output_dir=workdir / name,
-        num_supernodes=10,
-        echo=progress_echo(name),
-    )
+    outcome = simulate(name, {"num-rounds": rounds, **BASE, **overrides}, workdir)
     summary = outcome.summary
     rows = read_rows(outcome.output_dir)
     result = {

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from fl_app.schema import ConfigError
+
 log = logging.getLogger(__name__)
 
 INFO = "query.node_info"  # the node's partition id and row counts
@@ -188,6 +190,14 @@ def handlers_mod(
     if handler is None:
         return call_next(msg, context)
     return Message(handler(msg, context), reply_to=msg)
+
+
+def require_feature(config: Any, key: str, message_type: str) -> None:
+    """Fail clearly when a node gets a feature's message but the feature is off."""
+    if config is None:
+        raise ConfigError(
+            f"received a '{message_type}' message but run config key '{key}' is 'none'"
+        )
 
 
 def info_reply(partition_id: int, **counts: int) -> RecordDict:

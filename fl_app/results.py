@@ -49,12 +49,28 @@ def format_round(row: Mapping[str, Any], num_rounds: int) -> str:
     ):
         if row.get(key) is not None:
             parts.append(f"{label} {row[key]:.4f}")
-    parts.append(f"{row.get('wall_time_s', 0):.2f}s")
+    return " | ".join(parts + _round_tail(row))
+
+
+def format_phase_round(row: Mapping[str, Any], phase_rounds: int) -> str:
+    """One progress line for the record of a phase before the classifier's rounds."""
+    parts = [f"{row['phase']} round {row['round']}/{phase_rounds}"]
+    for key, value in row.items():
+        if key.endswith("_loss") and value is not None:
+            parts.append(f"{key.replace('_', ' ')} {value:.4f}")
+    if row.get("epsilon_gan_max") is not None:
+        parts.append(f"epsilon {row['epsilon_gan_max']:.2f}")
+    return " | ".join(parts + _round_tail(row))
+
+
+def _round_tail(row: Mapping[str, Any]) -> list[str]:
+    """Wall time, rejections and failures of a round record, as progress parts."""
+    parts = [f"{row.get('wall_time_s', 0):.2f}s"]
     if row.get("num_rejected"):
         parts.append(f"rejected {row['num_rejected']}")
     if row.get("num_failures"):
         parts.append(f"failures {row['num_failures']}")
-    return " | ".join(parts)
+    return parts
 
 
 class RunRecorder:
@@ -71,10 +87,8 @@ class RunRecorder:
 
     def write_round(self, row: Mapping[str, Any]) -> None:
         """Append one round's record to ``metrics.jsonl`` and log a progress line."""
-        clean = _jsonable(row)
+        clean = self._append(row)
         self.rows.append(clean)
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(clean) + "\n")
         log.info("%s", format_round(clean, self.num_rounds))
 
     def write_phase_round(self, row: Mapping[str, Any], phase_rounds: int) -> None:
@@ -83,22 +97,16 @@ class RunRecorder:
         It goes to ``metrics.jsonl`` like a round's, but not into the classifier's
         rounds, totals and plots.
         """
-        clean = _jsonable(row)
+        clean = self._append(row)
         self.phase_rows.append(clean)
+        log.info("%s", format_phase_round(clean, phase_rounds))
+
+    def _append(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Append ``row`` to ``metrics.jsonl`` as JSON; return it made JSON-able."""
+        clean = _jsonable(row)
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(clean) + "\n")
-        parts = [f"{clean['phase']} round {clean['round']}/{phase_rounds}"]
-        for key, value in clean.items():
-            if key.endswith("_loss") and value is not None:
-                parts.append(f"{key.replace('_', ' ')} {value:.4f}")
-        if clean.get("epsilon_gan_max") is not None:
-            parts.append(f"epsilon {clean['epsilon_gan_max']:.2f}")
-        parts.append(f"{clean.get('wall_time_s', 0):.2f}s")
-        if clean.get("num_rejected"):
-            parts.append(f"rejected {clean['num_rejected']}")
-        if clean.get("num_failures"):
-            parts.append(f"failures {clean['num_failures']}")
-        log.info("%s", " | ".join(parts))
+        return clean
 
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``summary.json`` (with run totals) and the plot; return the summary."""

@@ -29,8 +29,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fl_app.client import client_data, node_partition
-from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.exchange import arrays, register_handler
+from fl_app.config import RunConfig, parse_run_config
+from fl_app.exchange import arrays, register_handler, require_feature
 from fl_app.split import (
     BACKWARD,
     EVALUATE,
@@ -255,10 +255,7 @@ def split_handler(msg: Message, context: Context) -> RecordDict:
     """Answer one split-training message from this node's data and state."""
     message_type = msg.metadata.message_type
     cfg = parse_run_config(context.run_config)
-    if cfg.split is None:
-        raise ConfigError(
-            f"received a '{message_type}' message but run config key 'split' is 'none'"
-        )
+    require_feature(cfg.split, "split", message_type)
     return HANDLERS[message_type](SplitNode(cfg, context), msg.content)
 
 

@@ -31,9 +31,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client import client_data, node_partition
-from fl_app.config import ConfigError, RunConfig, SyntheticConfig, parse_run_config
+from fl_app.config import RunConfig, SyntheticConfig, parse_run_config
 from fl_app.data import ArrayDataset, ClientData
-from fl_app.exchange import arrays, register_handler
+from fl_app.exchange import arrays, register_handler, require_feature
 from fl_app.gan import GAN_FILL, GAN_TRAIN, GanDp, GanTrainer, fill_counts
 from fl_app.training import configure_tensorflow
 
@@ -183,11 +183,7 @@ def synthetic_handler(msg: Message, context: Context) -> RecordDict:
     """Answer one GAN-phase message from this node's data and state."""
     message_type = msg.metadata.message_type
     cfg = parse_run_config(context.run_config)
-    if cfg.synthetic is None:
-        raise ConfigError(
-            f"received a '{message_type}' message but run config key 'synthetic' is "
-            "'none'"
-        )
+    require_feature(cfg.synthetic, "synthetic", message_type)
     node = SyntheticNode(cfg, context)
     if message_type == GAN_TRAIN:
         return node.train(msg.content)
