@@ -1,4 +1,8 @@
-"""Run results: ``metrics.jsonl`` (one row per round), ``summary.json`` and plots."""
+"""Run results: ``metrics.jsonl``, ``summary.json``, plots, TensorBoard scalars.
+
+``metrics.jsonl`` has one record per round; the same per-round scalars also go to
+TensorBoard event files under ``tensorboard/`` in the run's output directory.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ MODEL_FILE = "final_model.keras"
 PLOT_FILE = "accuracy_loss.png"
 BYTES_PLOT_FILE = "accuracy_vs_bytes.png"
 EPSILON_PLOT_FILE = "accuracy_vs_epsilon.png"
+TENSORBOARD_DIR = "tensorboard"
 EPSILON_KEYS = {
     "epsilon_sample_level_max": "sample-level (DP-SGD, largest client ε)",
     "epsilon_client_level": "client-level",
@@ -73,6 +78,45 @@ def _round_tail(row: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Return a record's finite numeric top-level fields (not ``round``) as scalars.
+
+    Per-client lists and text are left out; ``prefix`` names a phase's scalars
+    (``gan/gan_d_loss``).
+    """
+    return {
+        f"{prefix}{key}": float(value)
+        for key, value in row.items()
+        if key != "round"
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
+
+
+class TensorBoardScalars:
+    """Per-round scalars as TensorBoard event files (TensorBoard's own summary API).
+
+    ``tensorboard --logdir outputs`` then shows every run under ``outputs`` side by
+    side, each curve stepped by round. TensorFlow is imported on first use.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._writer = None
+
+    def write(self, step: int, values: Mapping[str, float]) -> None:
+        """Write ``values`` at ``step`` and flush, so a live TensorBoard sees them."""
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        with self._writer.as_default():
+            for tag, value in values.items():
+                tf.summary.scalar(tag, value, step=step)
+        self._writer.flush()
+
+
 class RunRecorder:
     """Writes one run's results into ``output_dir`` as the run goes."""
 
@@ -84,11 +128,13 @@ class RunRecorder:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / METRICS_FILE
         self.metrics_path.write_text("")
+        self.tensorboard = TensorBoardScalars(output_dir / TENSORBOARD_DIR)
 
     def write_round(self, row: Mapping[str, Any]) -> None:
         """Append one round's record to ``metrics.jsonl`` and log a progress line."""
         clean = self._append(row)
         self.rows.append(clean)
+        self.tensorboard.write(clean["round"], scalars(clean))
         log.info("%s", format_round(clean, self.num_rounds))
 
     def write_phase_round(self, row: Mapping[str, Any], phase_rounds: int) -> None:
@@ -99,6 +145,7 @@ class RunRecorder:
         """
         clean = self._append(row)
         self.phase_rows.append(clean)
+        self.tensorboard.write(clean["round"], scalars(clean, f"{clean['phase']}/"))
         log.info("%s", format_phase_round(clean, phase_rounds))
 
     def _append(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,6 +166,12 @@ class RunRecorder:
         }
         full = _jsonable({**totals, **summary})
         (self.output_dir / SUMMARY_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        by_width = full.get("accuracy_by_width") or {}
+        if by_width:  # after the last round, one point per width served
+            self.tensorboard.write(
+                len(self.rows),
+                {f"accuracy_by_width/{w}": float(a) for w, a in by_width.items()},
+            )
         plot_rounds(self.rows, self.output_dir / PLOT_FILE)
         plot_accuracy_vs_bytes(self.rows, self.output_dir / BYTES_PLOT_FILE)
         plot_accuracy_vs_epsilon(self.rows, self.output_dir / EPSILON_PLOT_FILE)

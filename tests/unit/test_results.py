@@ -1,0 +1,80 @@
+"""Run records: metrics.jsonl phases, progress lines, TensorBoard scalars."""
+
+import math
+
+import pytest
+
+from fl_app.results import RunRecorder, format_phase_round, read_rows, scalars
+
+
+def tensorboard_scalars(log_dir):
+    """Read back ``{tag: {step: value}}`` with TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+    from tensorboard.util.tensor_util import make_ndarray
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        out[tag] = {
+            e.step: float(make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)
+        }
+    return out
+
+
+def test_scalars_keep_finite_numbers_and_leave_the_rest():
+    row = {
+        "round": 3,
+        "central_accuracy": 0.5,
+        "bytes_up": 10,
+        "federated_loss": math.nan,
+        "epsilon_client_level": None,
+        "declined": "text",
+        "secagg": True,
+        "clients": [{"bytes_up": 5}],
+    }
+    assert scalars(row) == {"central_accuracy": 0.5, "bytes_up": 10.0}
+    assert scalars({"round": 1, "gan_d_loss": 1.5}, "gan/") == {"gan/gan_d_loss": 1.5}
+
+
+def test_every_round_goes_to_tensorboard_and_phases_stay_apart(tmp_path):
+    recorder = RunRecorder(tmp_path, num_rounds=2)
+    recorder.write_phase_round(
+        {"phase": "gan", "round": 1, "gan_d_loss": 1.25, "wall_time_s": 0.5}, 1
+    )
+    for r, acc in ((1, 0.5), (2, 0.75)):
+        recorder.write_round(
+            {"round": r, "central_accuracy": acc, "bytes_up": 100 * r, "clients": []}
+        )
+    recorder.write_summary(
+        {"final_accuracy": 0.75, "accuracy_by_width": {"1.0": 0.75, "0.5": 0.25}}
+    )
+    assert [r["round"] for r in read_rows(tmp_path)] == [1, 2]
+    assert read_rows(tmp_path, "gan")[0]["gan_d_loss"] == 1.25
+    found = tensorboard_scalars(tmp_path / "tensorboard")
+    assert found["central_accuracy"] == {1: 0.5, 2: 0.75}
+    assert found["bytes_up"] == {1: 100.0, 2: 200.0}
+    assert found["gan/gan_d_loss"] == {1: 1.25}
+    assert found["accuracy_by_width/0.5"] == {2: pytest.approx(0.25)}
+    assert "gan/round" not in found and "round" not in found
+
+
+def test_a_phase_round_progress_line():
+    line = format_phase_round(
+        {
+            "phase": "gan",
+            "round": 2,
+            "gan_d_loss": 1.0,
+            "gan_g_loss": 2.0,
+            "epsilon_gan_max": 3.0,
+            "wall_time_s": 1.5,
+            "num_rejected": 1,
+        },
+        5,
+    )
+    assert line == (
+        "gan round 2/5 | gan d loss 1.0000 | gan g loss 2.0000 | epsilon 3.00 | "
+        "1.50s | rejected 1"
+    )
