@@ -26,12 +26,14 @@ import tempfile
 import threading
 import time
 import tomllib
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fl_app.config import toml_value
+from fl_app.watchdog import MARKER, stop_all
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,10 @@ class LocalSuperLink(SuperLinkConnection):
         self.supernode_auth = supernode_auth
         self.log_path = self.home / "superlink.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # every process the SuperLink starts carries this token (fl_app.watchdog)
+        self.token = uuid.uuid4().hex
+        self.env[MARKER] = self.token
+        self.watchdog: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LocalSuperLink:
         self.write_config()
@@ -248,6 +254,7 @@ class LocalSuperLink(SuperLinkConnection):
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, stopped as one
             )
+        self.watchdog = _start_watchdog(self.process.pid, self.token)
         try:
             self._wait_ready()
         except BaseException:
@@ -297,11 +304,44 @@ class LocalSuperLink(SuperLinkConnection):
         )
 
     def stop(self) -> None:
-        """Stop the SuperLink and every process in its group; remove its home."""
+        """Stop the SuperLink, its group and whatever it started; remove its home.
+
+        Processes that left the group (Ray's daemons start sessions of their own)
+        are found by the token in their environment.
+        """
         process, self.process = self.process, None
         if process is not None:
             _stop_group(process)
+            stop_all(process.pid, self.token, grace_s=2.0)
+        watchdog, self.watchdog = self.watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            try:  # a normal stop: the watchdog has nothing left to do
+                watchdog.stdin.write(b"done")
+                watchdog.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _start_watchdog(pgid: int, token: str) -> subprocess.Popen[bytes]:
+    """Start ``fl_app.watchdog`` for group ``pgid``; this process holds its pipe.
+
+    In a session of its own, so a signal to the launcher's process group leaves it
+    running to clean up after the launcher.
+    """
+    env = {k: v for k, v in os.environ.items() if k != MARKER}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fl_app.watchdog", str(pgid), token],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:

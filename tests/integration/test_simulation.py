@@ -186,3 +186,43 @@ def test_split_training_runs_in_flowers_simulation(tmp_path, no_leftover_process
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["split_mode"] == "splitfed_v2"
     assert summary["final_accuracy"] > summary["initial_accuracy"]
+
+
+def test_a_killed_launcher_takes_its_superlink_down(tmp_path, no_leftover_processes):
+    # The SuperLink runs in a session of its own; a SIGKILL of the launcher's
+    # process group must not leave it (and a run under it) going on alone.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fl_app.watchdog import marked_processes
+
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from fl_app.launcher import LocalSuperLink\n"
+            "link = LocalSuperLink().__enter__()\n"
+            "print(link.process.pid, link.token, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    superlink, token = launcher.stdout.readline().split()
+    assert marked_processes(token)  # the SuperLink carries the launch's token
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while marked_processes(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not marked_processes(token)
+    assert (
+        not os.path.exists(f"/proc/{superlink}")
+        or "Z" in open(f"/proc/{superlink}/stat").read().rsplit(") ", 1)[1][:1]
+    )
