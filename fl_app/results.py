@@ -75,6 +75,8 @@ def _round_tail(row: Mapping[str, Any]) -> list[str]:
         parts.append(f"rejected {row['num_rejected']}")
     if row.get("num_failures"):
         parts.append(f"failures {row['num_failures']}")
+    if row.get("num_timeouts"):
+        parts.append(f"timeouts {row['num_timeouts']}")
     return parts
 
 
@@ -162,6 +164,7 @@ class RunRecorder:
             "bytes_up": sum(row.get("bytes_up", 0) for row in self.rows),
             "bytes_down": sum(row.get("bytes_down", 0) for row in self.rows),
             "client_failures": sum(row.get("num_failures", 0) for row in self.rows),
+            "client_timeouts": sum(row.get("num_timeouts", 0) for row in self.rows),
             "rejected_updates": sum(row.get("num_rejected", 0) for row in self.rows),
         }
         full = _jsonable({**totals, **summary})

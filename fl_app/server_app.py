@@ -367,20 +367,69 @@ def register_workflow(name: str, workflow: RoundWorkflow) -> None:
     WORKFLOWS[name] = workflow
 
 
+class DeadlineGrid:
+    """A ``Grid`` whose every exchange waits at most ``timeout_s`` (``round_timeout``).
+
+    Flower's ``DefaultWorkflow`` calls ``send_and_receive`` without a timeout (its
+    ``ServerConfig.round_timeout`` is read only by the legacy ``Server`` loop), so a
+    straggler held the whole round. Replies that miss the deadline are dropped
+    (never pulled) and counted per destination node; everything else is the wrapped
+    grid's.
+    """
+
+    def __init__(self, grid: Grid, timeout_s: float) -> None:
+        self.grid = grid
+        self.timeout_s = timeout_s
+        self.timeouts: list[int] = []  # node ids whose reply missed a deadline
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        """Send, and return the replies that arrived within the deadline."""
+        messages = list(messages)
+        replies = list(
+            self.grid.send_and_receive(
+                messages, timeout=self.timeout_s if timeout is None else timeout
+            )
+        )
+        answered = {reply.metadata.src_node_id for reply in replies}
+        late = [m.metadata.dst_node_id for m in messages]
+        late = [node for node in late if node not in answered]
+        if late:
+            log.warning(
+                "node(s) %s did not reply within round-timeout %g s; going on "
+                "without them",
+                late,
+                self.timeout_s,
+            )
+        self.timeouts += late
+        return replies
+
+    def pop_timeouts(self) -> int:
+        """Return how many replies missed their deadline since the last call."""
+        count, self.timeouts = len(self.timeouts), []
+        return count
+
+
 def rounds_workflow(run: ServerRun) -> NDArrays:
     """FedAvg-style rounds: Flower's ``DefaultWorkflow`` (fit, evaluate) per round.
 
     The fit step is Flower's ``SecAggPlusWorkflow`` when ``secagg`` is on; after each
-    round's evaluate step, the strategy's round record is written.
+    round's evaluate step, the strategy's round record is written. With
+    ``round_timeout``, each exchange waits at most that long (:class:`DeadlineGrid`)
+    and the round's record counts the replies dropped (``num_timeouts``).
     """
     cfg, strategy = run.cfg, run.strategy
+    grid = DeadlineGrid(run.grid, cfg.round_timeout) if cfg.round_timeout else None
 
-    def evaluate_and_record(grid: Grid, legacy: Context) -> None:
-        default_evaluate_workflow(grid, legacy)
+    def evaluate_and_record(grid_: Grid, legacy: Context) -> None:
+        default_evaluate_workflow(grid_, legacy)
         server_round = cast(
             int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
         )
         row = strategy.pop_round_record(server_round)
+        row["num_timeouts"] = grid.pop_timeouts() if grid is not None else 0
         run.recorder.write_round(privacy_row(cfg, row))
 
     legacy = LegacyContext(
@@ -392,7 +441,7 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
     )
     DefaultWorkflow(
         fit_workflow=fit_workflow(cfg), evaluate_workflow=evaluate_and_record
-    )(run.grid, legacy)
+    )(grid if grid is not None else run.grid, legacy)
     return legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
 
 

@@ -30,7 +30,6 @@ import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.config import SplitConfig
-from fl_app.exchange import arrays  # noqa: F401  (the split modules' import)
 from fl_app.models import build_model
 from fl_app.training import (
     ModelKey,

@@ -80,8 +80,10 @@ class GanServer(NodeExchange):
                 discriminator = arrays(content, "discriminator")
                 result = dict(content.config_records["result"])
                 rows = int(result["num_examples"])
+                result["d_loss"] = float(result["d_loss"])
+                result["g_loss"] = float(result["g_loss"])
             except (KeyError, TypeError, ValueError) as err:
-                reason = f"a reply without its networks or row count ({err})"
+                reason = f"a reply without its networks, row count or losses ({err})"
             else:
                 reason = check_update(self.generator, generator) or check_update(
                     self.discriminator, discriminator
@@ -113,17 +115,20 @@ class GanServer(NodeExchange):
             {n: RecordDict(networks) for n in nodes}, GAN_TRAIN, server_round, tally
         )
         accepted = self._accept(replies, tally)
-        if not accepted:
+        if len(tally.failures) == len(nodes):
             raise RuntimeError(
-                f"synthetic: GAN round {server_round}: no client's update was accepted;"
-                f" failures: {tally.failures}, rejected: {tally.rejected}"
+                f"synthetic: GAN round {server_round}: every sampled client failed: "
+                f"{next(iter(tally.failures.values()))}"
             )
-        self.generator = aggregate_weighted([(g, k) for _, g, _, k, _ in accepted])
-        self.discriminator = aggregate_weighted([(d, k) for _, _, d, k, _ in accepted])
+        if accepted:  # else (all rejected) both networks stay as they were
+            self.generator = aggregate_weighted([(g, k) for _, g, _, k, _ in accepted])
+            self.discriminator = aggregate_weighted(
+                [(d, k) for _, _, d, k, _ in accepted]
+            )
         rows = sum(k for *_, k, _ in accepted)
 
-        def mean(name: str) -> float:
-            return sum(r[name] * k for *_, k, r in accepted) / rows
+        def mean(name: str) -> float | None:
+            return sum(r[name] * k for *_, k, r in accepted) / rows if rows else None
 
         clients = [
             {
@@ -175,20 +180,24 @@ class GanServer(NodeExchange):
             tally,
         )
         counts = []
+        keys = (
+            "partition_id",
+            "num_real",
+            "num_synthetic",
+            "real_by_class",
+            "synthetic_by_class",
+        )
         for node in self.by_partition(replies):
-            result = dict(replies[node].config_records["result"])
-            counts.append(
-                {
-                    key: result[key]
-                    for key in (
-                        "partition_id",
-                        "num_real",
-                        "num_synthetic",
-                        "real_by_class",
-                        "synthetic_by_class",
-                    )
-                }
-            )
+            try:
+                result = replies[node].config_records["result"]
+                counts.append({key: result[key] for key in keys})
+            except KeyError as err:  # the node keeps the generator all the same
+                log.warning(
+                    "synthetic: node %s's fill reply lacks %s; its counts are "
+                    "left out of the summary",
+                    node,
+                    err,
+                )
         for node, reason in tally.failures.items():
             log.warning(
                 "synthetic: node %s did not take the final generator (%s); it trains "

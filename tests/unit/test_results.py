@@ -78,3 +78,40 @@ def test_a_phase_round_progress_line():
         "gan round 2/5 | gan d loss 1.0000 | gan g loss 2.0000 | epsilon 3.00 | "
         "1.50s | rejected 1"
     )
+
+
+def test_a_deadline_grid_drops_late_replies_and_counts_them():
+    from types import SimpleNamespace
+
+    from fl_app.server_app import DeadlineGrid
+
+    def message(dst):
+        return SimpleNamespace(metadata=SimpleNamespace(dst_node_id=dst))
+
+    class Slow:
+        """Node 2 never answers in time; the grid returns what arrived."""
+
+        def __init__(self):
+            self.timeouts = []
+
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+        def send_and_receive(self, messages, *, timeout=None):
+            self.timeouts.append(timeout)
+            return [
+                SimpleNamespace(
+                    metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id)
+                )
+                for m in messages
+                if m.metadata.dst_node_id != 2
+            ]
+
+    inner = Slow()
+    grid = DeadlineGrid(inner, 7.5)
+    replies = grid.send_and_receive(iter([message(1), message(2), message(3)]))
+    assert [r.metadata.src_node_id for r in replies] == [1, 3]
+    grid.send_and_receive([message(2)], timeout=1.0)  # an explicit timeout wins
+    assert inner.timeouts == [7.5, 1.0]
+    assert grid.pop_timeouts() == 2 and grid.pop_timeouts() == 0
+    assert grid.get_node_ids() == [1, 2, 3]  # everything else is the grid's

@@ -264,3 +264,29 @@ def test_a_non_finite_gan_update_is_rejected_and_the_round_goes_on(
     assert row["rejected"][0]["partition_id"] == 1
     assert all(np.all(np.isfinite(w)) for w in server.generator)
     assert [c["partition_id"] for c in row["clients"]] == [0, 2]
+
+
+def test_a_round_whose_updates_are_all_rejected_keeps_both_networks(
+    monkeypatch, gan_server
+):
+    server, _ = gan_server
+    import fl_app.synthetic as synthetic
+
+    honest = synthetic.SyntheticNode.train
+
+    def lossless(self, content):  # no losses in the reply
+        reply = honest(self, content)
+        reply.config_records["result"] = ConfigRecord({"num_examples": 10})
+        return reply
+
+    monkeypatch.setattr(synthetic.SyntheticNode, "train", lossless)
+    before = (
+        [w.copy() for w in server.generator],
+        [w.copy() for w in server.discriminator],
+    )
+    row = server.run_round(1)
+    assert row["num_rejected"] == 3 and row["clients"] == []
+    assert all("losses" in r["reason"] for r in row["rejected"])
+    assert row["gan_d_loss"] is None
+    for kept, was in zip((server.generator, server.discriminator), before):
+        assert all(np.array_equal(a, b) for a, b in zip(kept, was, strict=True))
