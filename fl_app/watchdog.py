@@ -30,8 +30,11 @@ GRACE_S = 5.0
 def marked_processes(token: str) -> list[int]:
     """Return the pids whose environment has ``MARKER=token`` (not this process)."""
     needle = f"{MARKER}={token}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
+    found: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs (not Linux): only the group is stopped
+        return found
+    for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
