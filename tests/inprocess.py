@@ -141,12 +141,13 @@ def run_in_process(
     overrides: Iterable[str],
     output_dir: Path,
     node_configs: Iterable[Mapping[str, Any]] | None = None,
+    grid_class: type[InProcessGrid] = InProcessGrid,
 ) -> InProcessGrid:
     """Run the app's ServerApp for Hydra ``overrides`` over in-process nodes.
 
     Nodes default to partitions ``0 .. num-clients - 1``. Results land in
     ``output_dir`` as in a Flower run; returns the grid (its nodes' ids and
-    contexts).
+    contexts). ``grid_class``: an ``InProcessGrid`` subclass (a test's stragglers).
     """
     from fl_app.client_app import app as client_app
     from fl_app.server_app import app as server_app
@@ -160,7 +161,7 @@ def run_in_process(
     if node_configs is None:
         n = int(run_config["num-clients"])
         node_configs = [{"partition-id": i, "num-partitions": n} for i in range(n)]
-    grid = InProcessGrid(client_app, run_config, node_configs)
+    grid = grid_class(client_app, run_config, node_configs)
     context = Context(
         run_id=grid.run.run_id,
         node_id=SUPERLINK_NODE_ID,

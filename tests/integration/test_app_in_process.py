@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fl_app.results import read_rows
-from tests.inprocess import run_in_process
+from tests.inprocess import InProcessGrid, run_in_process
 from tests.integration.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -344,3 +344,36 @@ def test_split_round_survives_a_client_failing_mid_round(tmp_path, monkeypatch):
     assert sorted(trained) == [0, 2]
     assert all(c["num_examples"] > 0 for c in second["clients"])
     assert summary_of(out)["final_accuracy"] > summary_of(out)["initial_accuracy"]
+
+
+class Straggler(InProcessGrid):
+    """Node 1001 (partition 1) misses the deadline of round 2's exchanges."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        round_two = any(m.metadata.group_id == "2" for m in messages)
+        if timeout is not None and round_two:  # late: past the deadline
+            return [r for r in replies if r.metadata.src_node_id != 1001]
+        return replies
+
+
+def test_round_timeout_drops_a_straggler_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "run"
+    run_in_process(
+        [
+            *THREE,
+            "num_rounds=2",
+            "round_timeout=5",
+            "save_model=false",
+        ],
+        out,
+        grid_class=Straggler,
+    )
+    rows = read_rows(out)
+    # round 2: the straggler's update is dropped and counted; the others are used
+    assert [r["num_timeouts"] for r in rows] == [0, 1]
+    assert [len(r["clients"]) for r in rows] == [3, 2]
+    assert {c["partition_id"] for c in rows[1]["clients"]} == {0, 2}
+    assert all(r["num_failures"] == 0 for r in rows)
+    assert summary_of(out)["client_timeouts"] == 1
