@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,3 +35,19 @@ def simulate(
         num_supernodes=num_supernodes,
         echo=progress_echo(name),
     )
+
+
+def bench_parser(doc: str, rounds: int | None = 20) -> argparse.ArgumentParser:
+    """Return a benchmark's parser: ``--out FILE`` and, unless ``rounds`` is None,
+    ``--rounds`` (that default); described by the first paragraph of ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write a benchmark's figures to ``path`` (its directory made if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

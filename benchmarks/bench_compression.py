@@ -25,8 +25,6 @@ accuracy, bytes and reductions (mean over the run and in the final round).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -34,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import simulate  # noqa: E402
+from _common import bench_parser, simulate, write_json  # noqa: E402
 
 from fl_app.results import read_rows  # noqa: E402
 
@@ -83,9 +81,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser = bench_parser(__doc__, rounds=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         runs = {
@@ -116,8 +112,7 @@ def main() -> None:
         "rounds": args.rounds,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(
         f"{'run':18s} {'acc':>7s} {'drop':>6s} {'up/round':>10s} {'up x':>6s} "
         f"{'final x':>7s} {'down x':>6s}"

@@ -18,8 +18,6 @@ imports TensorFlow and builds the model again; rounds after the first are report
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
+from _common import bench_parser, progress_echo, write_json  # noqa: E402
 
 from fl_app.deployment import LocalDeployment, make_credentials  # noqa: E402
 from fl_app.launcher import run_app, run_simulation  # noqa: E402
@@ -56,8 +54,7 @@ def figures(output_dir: Path, summary: dict) -> dict:
 
 def main() -> None:
     """Run the four variants and write the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser = bench_parser(__doc__, rounds=None)
     args = parser.parse_args()
     runs = {}
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
@@ -94,8 +91,7 @@ def main() -> None:
         - runs["deployment"]["steady_round_s"],
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for name, r in runs.items():
         print(
             f"{name:22s} first {r['first_round_s']:6.2f}s  steady "

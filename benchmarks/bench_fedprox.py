@@ -17,8 +17,6 @@ central accuracy minus FedAvg's, in points, per mu and epoch setting).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import simulate  # noqa: E402
+from _common import bench_parser, simulate, write_json  # noqa: E402
 
 from fl_app.results import read_rows  # noqa: E402
 
@@ -51,9 +49,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser = bench_parser(__doc__, rounds=20)
     args = parser.parse_args()
     configs = {
         f"{name}{suffix}": {"client-proximal-mu": mu, "client-local-epochs": epochs}
@@ -76,8 +72,7 @@ def main() -> None:
         if name != "fedavg"
     }
     result = {"rounds": args.rounds, "gain_points": gains, "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for name, r in runs.items():
         distance = r["proximal_distance"]
         print(

@@ -20,8 +20,6 @@ Writes JSON with ``overhead_ratio`` (a: FL round / centralized round) and
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo  # noqa: E402
+from _common import bench_parser, progress_echo, write_json  # noqa: E402
 
 from fl_app.config import parse_run_config  # noqa: E402
 from fl_app.launcher import run_simulation  # noqa: E402
@@ -130,9 +128,7 @@ def sequential_clients_round_time(run_config: dict, rounds: int, warmup: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser = bench_parser(__doc__, rounds=10)
     parser.add_argument(
         "--warmup", type=int, default=2, help="rounds left out of the median"
     )
@@ -171,8 +167,7 @@ def main() -> None:
             "warmup_rounds_excluded": args.warmup,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(
         f"steady round: FL (cached model) {ours['steady_round_s']:.3f}s, "
         f"FL (quickstart-style) {quickstart['steady_round_s']:.3f}s, "

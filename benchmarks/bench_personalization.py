@@ -16,8 +16,6 @@ clients, for the global model and for the personalized one.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import simulate  # noqa: E402
+from _common import bench_parser, simulate, write_json  # noqa: E402
 
 from fl_app.results import read_rows  # noqa: E402
 
@@ -63,9 +61,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser = bench_parser(__doc__, rounds=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         w = Path(tmp)
@@ -109,8 +105,7 @@ def main() -> None:
         "rounds": args.rounds,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for name, r in runs.items():
         personalized = r["client_personalized_accuracy"] or float("nan")
         print(

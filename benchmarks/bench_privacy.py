@@ -25,8 +25,6 @@ most accurate DP-SGD synthetic run with ε <= 8, in points) and ``client_level``
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import simulate  # noqa: E402
+from _common import bench_parser, simulate, write_json  # noqa: E402
 
 COMMON = {"save-model": False, "evaluate-clients-per-round": 0, "num-rounds": 20}
 SYNTHETIC = {
@@ -140,10 +138,8 @@ def summarize(rows: list[dict], complete: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser = bench_parser(__doc__, rounds=None)
     args = parser.parse_args()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     runs = RUNS + CLIENT_LEVEL
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
@@ -160,7 +156,7 @@ def main() -> None:
             print(f"{dataset:14s} {kind:8s} eps {epsilon} acc {result['accuracy']:.4f}")
             # written after every run, so a failure late keeps the rows before it
             summary = summarize(rows, complete=i == len(runs) - 1)
-            args.out.write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(args.out, summary)
     print(f"synthetic_drop_at_eps8_points {summary['synthetic_drop_at_eps8_points']}")
 
 

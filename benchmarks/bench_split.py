@@ -23,8 +23,6 @@ kind, ``messages_per_round``, ``steady_round_s`` (median of rounds 2-20) and
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -32,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import progress_echo, simulate  # noqa: E402
+from _common import bench_parser, progress_echo, simulate, write_json  # noqa: E402
 
 from fl_app.deployment import LocalDeployment  # noqa: E402
 from fl_app.launcher import run_app  # noqa: E402
@@ -110,9 +108,7 @@ def deployment_round(name: str, extra: dict, tmp: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser = bench_parser(__doc__, rounds=20)
     parser.add_argument(
         "--no-deployment", action="store_true", help="skip the deployment rounds"
     )
@@ -156,8 +152,7 @@ def main() -> None:
             for name, r in deployment.items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(
         f"fedavg       acc {fedavg['central_accuracy']:.4f}  "
         f"{fedavg['bytes_per_round'] / 1e6:7.2f} MB/round  "

@@ -29,15 +29,13 @@ run's wall time minus the GAN phase and the TSTR score), ``synthetic_to_real_rat
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import simulate  # noqa: E402
+from _common import bench_parser, simulate, write_json  # noqa: E402
 
 from fl_app.results import read_rows  # noqa: E402
 
@@ -99,9 +97,7 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser = bench_parser(__doc__, rounds=20)
     args = parser.parse_args()
     configs = {
         "pathological": PARTITIONS["pathological"],
@@ -140,8 +136,7 @@ def main() -> None:
         "tstr_accuracy_untrained": runs["pathological_untrained"]["tstr_accuracy"],
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for name, r in runs.items():
         line = (
             f"{name:22s} central {r['central_accuracy']:.4f}  {r['wall_time_s']:.0f}s"
