@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
@@ -259,8 +259,9 @@ class DpSgdTraining(LocalTraining):
                 model, client.data.train, train_cfg, self.cfg.dpsgd, rng, augment
             )
         )
-        steps = self._steps_taken() + self._steps_per_round()
-        client.state.config_records[STATE_PRIVACY] = ConfigRecord({"steps": steps})
+        from fl_app.privacy import add_steps
+
+        steps = add_steps(client.state, STATE_PRIVACY, self._steps_per_round())
         metrics["epsilon"] = self._epsilon(steps)
         return metrics
 
@@ -274,10 +275,9 @@ class DpSgdTraining(LocalTraining):
         )
 
     def _steps_taken(self) -> int:
-        records = self.client.state.config_records
-        if STATE_PRIVACY not in records:
-            return 0
-        return int(records[STATE_PRIVACY]["steps"])
+        from fl_app.privacy import steps_taken
+
+        return steps_taken(self.client.state, STATE_PRIVACY)
 
     def _epsilon(self, steps: int) -> float:
         from fl_app.privacy import epsilon

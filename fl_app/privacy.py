@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from typing import Any
 
 import dp_accounting
 import numpy as np
@@ -74,6 +75,25 @@ def dp_sgd_steps(num_examples: int, batch_size: int, local_epochs: int) -> int:
     """Return the steps of one local training: ``epochs / q``, ``q = batch / n``."""
     q = min(batch_size / num_examples, 1.0)
     return int(math.ceil(local_epochs / q))
+
+
+def steps_taken(state: Any, key: str) -> int:
+    """Return the DP steps a node has accounted under config record ``key`` (0 if none).
+
+    ``state`` is the node's ``context.state``; the count only ever grows
+    (:func:`add_steps`), so ε never goes back.
+    """
+    records = state.config_records
+    return int(records[key]["steps"]) if key in records else 0
+
+
+def add_steps(state: Any, key: str, steps: int) -> int:
+    """Account ``steps`` more DP steps in the node state; return the new total."""
+    from flwr.app import ConfigRecord
+
+    total = steps_taken(state, key) + steps
+    state.config_records[key] = ConfigRecord({"steps": total})
+    return total
 
 
 def epsilon(

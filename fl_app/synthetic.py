@@ -94,10 +94,6 @@ class SyntheticNode:
         )
         self.state = context.state
 
-    def _steps_taken(self) -> int:
-        records = self.state.config_records
-        return int(records[STATE_PRIVACY]["steps"]) if STATE_PRIVACY in records else 0
-
     def train(self, content: RecordDict) -> RecordDict:
         """Train the received GAN on the real training rows; reply with both nets."""
         syn = self.synthetic
@@ -135,8 +131,9 @@ class SyntheticNode:
             "g_loss": float(np.mean(g_losses)) if g_losses else float("nan"),
         }
         if syn.dp:
-            steps = self._steps_taken() + syn.local_steps
-            self.state.config_records[STATE_PRIVACY] = ConfigRecord({"steps": steps})
+            from fl_app.privacy import add_steps
+
+            steps = add_steps(self.state, STATE_PRIVACY, syn.local_steps)
             result["epsilon"] = gan_epsilon(syn, steps, n)
         return RecordDict(
             {
