@@ -9,6 +9,9 @@ bad value), then starts its own SuperLink in simulation mode, submits the app wi
 ``flwr run``, streams progress, and leaves its results in the job's output directory.
 A failed Flower run exits with code 1 and Flower's error.
 
+``resume=DIR`` continues the run in ``DIR`` from its last checkpoint (same config but
+for ``num_rounds``; results appended there).
+
 ``simulation=deployment simulation.address=HOST:PORT`` submits to a running SuperLink
 instead (its SuperNodes hold the data); ``simulation.root_certificates=CA_FILE`` for
 a TLS SuperLink.
@@ -26,7 +29,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import fl_app  # noqa: F401  (environment for TensorFlow in child processes)
-from fl_app.config import ConfigError, flatten_nested, parse_run_config
+from fl_app.checkpoint import (
+    CheckpointError,
+    RunLock,
+    check_resumable,
+    latest_checkpoint,
+)
+from fl_app.config import (
+    ConfigError,
+    default_run_config,
+    flatten_nested,
+    parse_run_config,
+)
 from fl_app.launcher import (
     FlowerRunError,
     SuperLinkConnection,
@@ -46,6 +60,22 @@ PROGRESS_MARKERS = (
 )
 
 
+def check_resume(run_config: dict) -> Path:
+    """Check a ``resume=PATH`` run before anything starts; return PATH, absolute.
+
+    The run continues in PATH: its last checkpoint must be whole, its run config
+    the same but for ``num_rounds``, and no process may still be writing there
+    (an orphan of the killed run, say). The ServerApp checks it all again.
+    """
+    output_dir = Path(run_config["resume"]).expanduser().resolve()
+    run_config["resume"] = str(output_dir)
+    checkpoint = latest_checkpoint(output_dir)
+    check_resumable(checkpoint, {**default_run_config(), **run_config})
+    RunLock(output_dir).acquire().release()
+    log.info("resuming %s after round %d", output_dir, checkpoint.round)
+    return output_dir
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Run one federated experiment; return its final central accuracy."""
@@ -58,6 +88,12 @@ def main(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    if parsed.checkpoint.resume:
+        try:
+            output_dir = check_resume(run_config)
+        except CheckpointError as err:
+            log.error("%s", err)
+            sys.exit(2)
     sim = cfg.simulation
 
     def echo(line: str) -> None:

@@ -14,6 +14,7 @@ from fl_app.capacities import partition_capacity
 from fl_app.client import KerasClient, node_partition
 from fl_app.config import ConfigError, RunConfig, parse_run_config
 from fl_app.exchange import handlers_mod
+from fl_app.node_state import node_state_mod
 
 
 def client_fn(context: Context) -> Client:
@@ -85,6 +86,7 @@ def privacy_mods(
 # The modules whose message handlers handlers_mod routes to (register_handler).
 from fl_app import split_client, synthetic  # noqa: E402, F401
 
-# handlers_mod answers the workflows' own messages (split training, the synthetic
-# GAN phase, query.node_info) and passes the rest on.
-app = ClientApp(client_fn=client_fn, mods=[handlers_mod, privacy_mods])
+# node_state_mod keeps the node's state on disk for resumed runs; handlers_mod
+# answers the workflows' own messages (split training, the synthetic GAN phase,
+# query.node_info) and passes the rest on.
+app = ClientApp(client_fn=client_fn, mods=[node_state_mod, handlers_mod, privacy_mods])

@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from fl_app.schema import (
@@ -819,6 +820,61 @@ class SyntheticConfig:
                 raise fail(key, value, allowed)
 
 
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints of the rounds workflow, and resuming a run from them."""
+
+    every: int = setting(
+        1,
+        ">= 0 (0: no checkpoints)",
+        _non_negative,
+        help="write the run's state after every this many completed rounds",
+    )
+    keep: int = setting(
+        2, ">= 1", _positive, help="how many of the latest checkpoints to keep"
+    )
+    resume: str = setting(
+        "",
+        key="resume",
+        help="a run's output directory to continue from its last checkpoint",
+    )
+
+    def validate(self, run: RunConfig) -> None:
+        """Refuse a resume the checkpoints cannot serve."""
+        if not self.resume:
+            return
+        refusals = (
+            (run.split is not None, "split training has its own message flow"),
+            (
+                run.synthetic is not None,
+                "the GAN phase before the rounds is not checkpointed",
+            ),
+        )
+        for refused, why in refusals:
+            if refused:
+                raise fail(
+                    "resume",
+                    self.resume,
+                    f"'' (no resume): {why}, so a run with it cannot be resumed",
+                )
+        if (
+            run.output_dir
+            and Path(run.output_dir).expanduser().resolve()
+            != Path(self.resume).expanduser().resolve()
+        ):
+            raise fail(
+                "resume",
+                self.resume,
+                f"the run's output-dir ({run.output_dir}) or no output-dir: a resumed "
+                "run continues in the directory it resumes",
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether checkpoints are written."""
+        return self.every > 0
+
+
 def _strategy_has(capability: str) -> Callable[[Mapping[str, Any]], bool]:
     return lambda flat: getattr(STRATEGY_SPECS[flat["strategy"]], capability)
 
@@ -851,6 +907,7 @@ class RunConfig:
     )
     output_dir: str = setting("")
     save_model: bool = setting(True)
+    checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoint")
     dataset: DatasetConfig = section(DatasetConfig, "dataset")
     partition: PartitionConfig = section(PartitionConfig, "partition")
     model: ModelConfig = section(ModelConfig, "model")

@@ -28,6 +28,7 @@ import dp_accounting
 import numpy as np
 
 from fl_app.config import DpSgdConfig
+from fl_app.node_state import LEDGER_MARK
 
 
 @functools.cache
@@ -92,7 +93,7 @@ def add_steps(state: Any, key: str, steps: int) -> int:
     from flwr.app import ConfigRecord
 
     total = steps_taken(state, key) + steps
-    state.config_records[key] = ConfigRecord({"steps": total})
+    state.config_records[key] = ConfigRecord({"steps": total, LEDGER_MARK: True})
     return total
 
 

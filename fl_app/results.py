@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,15 +123,29 @@ class TensorBoardScalars:
 class RunRecorder:
     """Writes one run's results into ``output_dir`` as the run goes."""
 
-    def __init__(self, output_dir: Path, num_rounds: int) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        num_rounds: int,
+        rows: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Start ``metrics.jsonl`` and the TensorBoard scalars afresh.
+
+        ``rows``: the records of the rounds a resumed run keeps (its checkpoint's);
+        both files are rewritten from them, so whatever a killed run wrote after
+        its last checkpoint is gone and the curves continue from there.
+        """
         self.output_dir = output_dir
         self.num_rounds = num_rounds
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = [dict(row) for row in rows]
         self.phase_rows: list[dict[str, Any]] = []  # rounds before the classifier's
         output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / METRICS_FILE
-        self.metrics_path.write_text("")
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
         self.tensorboard = TensorBoardScalars(output_dir / TENSORBOARD_DIR)
+        for row in self.rows:
+            self.tensorboard.write(row["round"], scalars(row))
 
     def write_round(self, row: Mapping[str, Any]) -> None:
         """Append one round's record to ``metrics.jsonl`` and log a progress line."""

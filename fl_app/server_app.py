@@ -13,22 +13,40 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Context
+from flwr.app import ConfigRecord, Context
 from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.strategy import Strategy
-from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-from flwr.server.workflow.default_workflows import default_evaluate_workflow
+from flwr.server.workflow.default_workflows import (
+    default_centralized_evaluation_workflow,
+    default_evaluate_workflow,
+    default_fit_workflow,
+    default_init_params_workflow,
+)
 from flwr.serverapp import Grid, ServerApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    RunLock,
+    check_resumable,
+    code_version,
+    flatten_arrays,
+    latest_checkpoint,
+    restore_rng_state,
+    rng_state,
+    run_output_dir,
+    save_checkpoint,
+)
 from fl_app.compression import Codec
 from fl_app.config import (
     STRATEGY_SPECS,
@@ -39,6 +57,7 @@ from fl_app.config import (
     register_strategy_spec,
 )
 from fl_app.data import ArrayDataset, FederatedData, load_federated_data
+from fl_app.node_state import LINEAGE, RESUMED_FROM
 from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
 from fl_app.slicing import model_layout, sizes_by_width
@@ -60,10 +79,8 @@ app = ServerApp()
 
 
 def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
-    """Return ``output-dir``, or else ``outputs/flwr-run-<run id>``, made absolute."""
-    if cfg.output_dir:
-        return Path(cfg.output_dir).expanduser().resolve()
-    return Path("outputs", f"flwr-run-{run_id}").resolve()
+    """Return ``resume`` or ``output-dir``, else ``outputs/flwr-run-<run id>``."""
+    return run_output_dir(cfg.checkpoint.resume or cfg.output_dir, run_id)
 
 
 NODE_WAIT_S = 60.0
@@ -350,6 +367,17 @@ class ServerRun:
     central: CentralEvaluation
     # what phases before the rounds leave for summary parts (register_phase)
     phases: dict[str, Any] = field(default_factory=dict)
+    resumed: Checkpoint | None = None  # the checkpoint this run continues from
+    started: float = field(default_factory=time.perf_counter)
+    elapsed_before_s: float = 0.0  # wall time of the run before it was resumed
+    resumed_from: list[int] = field(default_factory=list)  # rounds, every resume
+    # the run's id across its resumes (names the nodes' state on disk)
+    lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    checkpoint_time_s: float = 0.0  # spent writing checkpoints (this process)
+
+    def elapsed_s(self) -> float:
+        """Wall time of the whole run so far, across resumes."""
+        return self.elapsed_before_s + time.perf_counter() - self.started
 
 
 RoundWorkflow = Callable[[ServerRun], NDArrays]
@@ -412,16 +440,109 @@ class DeadlineGrid:
         return count
 
 
+def save_run_checkpoint(
+    run: ServerRun, wrapped: Strategy, server_round: int, weights: NDArrays
+) -> None:
+    """Write the run's state after ``server_round`` (``fl_app.checkpoint``)."""
+    started = time.perf_counter()
+    state, strategy_arrays = run.strategy.checkpoint_state()
+    rng_meta, rng_arrays = rng_state()
+    meta = {
+        "run_config": dict(run.context.run_config),
+        "lineage": run.lineage,
+        "code_version": code_version(),
+        "strategy": state,
+        # the adaptive clipping norm of Flower's client-level DP wrappers
+        "clipping_norm": getattr(wrapped, "clipping_norm", None),
+        "central": {str(r): list(v) for r, v in run.central.results.items()},
+        "rows": run.recorder.rows,
+        "elapsed_s": run.elapsed_s(),
+        "resumed_from": run.resumed_from,
+        "rng": rng_meta,
+    }
+    arrays = flatten_arrays({"global": weights})
+    arrays.update(
+        flatten_arrays({f"strategy/{k}": v for k, v in strategy_arrays.items()})
+    )
+    arrays.update(rng_arrays)
+    save_checkpoint(
+        run.recorder.output_dir, server_round, arrays, meta, run.cfg.checkpoint.keep
+    )
+    run.checkpoint_time_s += time.perf_counter() - started
+
+
+def restore_run(run: ServerRun, wrapped: Strategy) -> NDArrays:
+    """Put the strategy, its DP wrapper and the RNGs where the checkpoint left them."""
+    checkpoint = cast(Checkpoint, run.resumed)
+    weights = checkpoint.group("global")
+    names = {n.split("/")[1] for n in checkpoint.arrays if n.startswith("strategy/")}
+    run.strategy.restore_checkpoint_state(
+        weights,
+        checkpoint.meta["strategy"],
+        {name: checkpoint.group(f"strategy/{name}") for name in names},
+    )
+    if checkpoint.meta.get("clipping_norm") is not None:
+        wrapped.clipping_norm = checkpoint.meta["clipping_norm"]  # type: ignore[attr-defined]
+    restore_rng_state(checkpoint)
+    # every client learns which round the run resumed after, to restore its state
+    run.strategy.round_config[RESUMED_FROM] = checkpoint.round
+    return weights
+
+
+def run_rounds(
+    grid: Grid,
+    legacy: LegacyContext,
+    fit_step: Callable[[Grid, Context], None],
+    evaluate_step: Callable[[Grid, Context], None],
+    first_round: int = 1,
+    weights: NDArrays | None = None,
+) -> None:
+    """Flower's ``DefaultWorkflow`` loop from ``first_round`` (fit, central, evaluate).
+
+    ``DefaultWorkflow`` always starts at round 1 from the strategy's initial
+    parameters; a resumed run starts after its checkpoint from ``weights``. The
+    steps are Flower's own (its fit or SecAgg+ workflow, centralized evaluation,
+    the evaluate step), as is the thread that keeps the client manager current.
+    """
+    from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
+    from flwr.server.compat.app_utils import start_update_client_manager_thread
+
+    thread, stop, registered = start_update_client_manager_thread(
+        grid, legacy.client_manager
+    )
+    registered.wait()
+    try:
+        if weights is None:
+            default_init_params_workflow(grid, legacy)
+        else:
+            legacy.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
+                ndarrays_to_parameters(weights), keep_input=True
+            )
+        config = ConfigRecord({Key.START_TIME: time.perf_counter()})
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = config
+        for server_round in range(first_round, legacy.config.num_rounds + 1):
+            config[Key.CURRENT_ROUND] = server_round
+            fit_step(grid, legacy)
+            default_centralized_evaluation_workflow(grid, legacy)
+            evaluate_step(grid, legacy)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def rounds_workflow(run: ServerRun) -> NDArrays:
-    """FedAvg-style rounds: Flower's ``DefaultWorkflow`` (fit, evaluate) per round.
+    """FedAvg-style rounds: Flower's fit and evaluate steps per round.
 
     The fit step is Flower's ``SecAggPlusWorkflow`` when ``secagg`` is on; after each
-    round's evaluate step, the strategy's round record is written. With
+    round's evaluate step, the strategy's round record is written, then the run's
+    checkpoint (``checkpoint-every``; always after the last round). With
     ``round_timeout``, each exchange waits at most that long (:class:`DeadlineGrid`)
     and the round's record counts the replies dropped (``num_timeouts``).
     """
     cfg, strategy = run.cfg, run.strategy
     grid = DeadlineGrid(run.grid, cfg.round_timeout) if cfg.round_timeout else None
+    wrapped = wrap_client_dp(cfg, strategy)
+    every = cfg.checkpoint.every
 
     def evaluate_and_record(grid_: Grid, legacy: Context) -> None:
         default_evaluate_workflow(grid_, legacy)
@@ -431,17 +552,32 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
         row = strategy.pop_round_record(server_round)
         row["num_timeouts"] = grid.pop_timeouts() if grid is not None else 0
         run.recorder.write_round(privacy_row(cfg, row))
+        if every and (server_round % every == 0 or server_round == cfg.num_rounds):
+            weights = legacy.state.array_records[MAIN_PARAMS_RECORD]
+            save_run_checkpoint(run, wrapped, server_round, weights.to_numpy_ndarrays())
 
     legacy = LegacyContext(
         context=run.context,
         config=ServerConfig(
             num_rounds=cfg.num_rounds, round_timeout=cfg.round_timeout or None
         ),
-        strategy=wrap_client_dp(cfg, strategy),
+        strategy=wrapped,
     )
-    DefaultWorkflow(
-        fit_workflow=fit_workflow(cfg), evaluate_workflow=evaluate_and_record
-    )(grid if grid is not None else run.grid, legacy)
+    first_round, weights = 1, None
+    if cfg.checkpoint.active or run.resumed is not None:
+        # the nodes keep their state on disk under the run's lineage (node_state)
+        strategy.round_config[LINEAGE] = run.lineage
+    if run.resumed is not None:
+        weights = restore_run(run, wrapped)
+        first_round = run.resumed.round + 1
+    run_rounds(
+        grid if grid is not None else run.grid,
+        legacy,
+        fit_workflow(cfg) or default_fit_workflow,
+        evaluate_and_record,
+        first_round,
+        weights,
+    )
     return legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
 
 
@@ -557,6 +693,49 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     output_dir = resolve_output_dir(cfg, context.run_id)
     _log_to_console()
+    # a bad checkpoint fails here, before anything is written
+    resumed = resume_point(cfg, context, output_dir)
+    with RunLock(output_dir):
+        run_server(grid, context, cfg, output_dir, started, resumed)
+
+
+def resume_point(
+    cfg: RunConfig, context: Context, output_dir: Path
+) -> Checkpoint | None:
+    """Return the checkpoint a ``resume`` run continues from (checked), else None."""
+    if not cfg.checkpoint.resume:
+        return None
+    checkpoint = latest_checkpoint(output_dir)
+    check_resumable(checkpoint, context.run_config)
+    if checkpoint.round >= cfg.num_rounds:
+        raise CheckpointError(
+            f"resume: the run in {output_dir} has finished {checkpoint.round} "
+            f"round(s), num-rounds is {cfg.num_rounds}; raise num-rounds to go on"
+        )
+    if checkpoint.meta["code_version"] != code_version():
+        log.warning(
+            "resume: the checkpoint was written by code %s, this is %s",
+            checkpoint.meta["code_version"],
+            code_version(),
+        )
+    log.info(
+        "resuming the run in %s after round %d of %d",
+        output_dir,
+        checkpoint.round,
+        cfg.num_rounds,
+    )
+    return checkpoint
+
+
+def run_server(
+    grid: Grid,
+    context: Context,
+    cfg: RunConfig,
+    output_dir: Path,
+    started: float,
+    resumed: Checkpoint | None,
+) -> None:
+    """Train and write the results, holding the output directory's lock."""
     log.info("fl-dnn run %s writes results to %s", context.run_id, output_dir)
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     np.random.seed(cfg.seed)  # Flower's DP wrappers draw noise from numpy's global RNG
@@ -583,8 +762,29 @@ def main(grid: Grid, context: Context) -> None:
         initial_parameters=ndarrays_to_parameters(model.get_weights()),
         evaluate_fn=central,
     )
-    recorder = RunRecorder(output_dir, cfg.num_rounds)
-    run = ServerRun(cfg, context, grid, data, key, model, strategy, recorder, central)
+    recorder = RunRecorder(
+        output_dir, cfg.num_rounds, resumed.meta["rows"] if resumed else ()
+    )
+    run = ServerRun(
+        cfg,
+        context,
+        grid,
+        data,
+        key,
+        model,
+        strategy,
+        recorder,
+        central,
+        resumed=resumed,
+        started=started,
+    )
+    if resumed is not None:
+        central.results = {
+            int(r): (v[0], v[1]) for r, v in resumed.meta["central"].items()
+        }
+        run.elapsed_before_s = resumed.meta["elapsed_s"]
+        run.resumed_from = [*resumed.meta["resumed_from"], resumed.round]
+        run.lineage = str(resumed.meta["lineage"])
     for phase in PHASES:
         phase(run)
     final_weights = workflow(run)
@@ -599,7 +799,9 @@ def main(grid: Grid, context: Context) -> None:
     model.set_weights(final_weights)
     if cfg.save_model:
         model.save(output_dir / MODEL_FILE)
-    fields["wall_time_s"] = time.perf_counter() - started
+    fields["wall_time_s"] = run.elapsed_s()
+    fields["resumed_from"] = run.resumed_from
+    fields["checkpoint_time_s"] = run.checkpoint_time_s
     summary = recorder.write_summary(fields)
     log.info(
         "finished %d rounds: final central accuracy %.4f, %d bytes up, %d bytes down",

@@ -46,6 +46,12 @@ def main() -> None:
     parser.add_argument("--tls", type=Path, default=None, metavar="DIR")
     parser.add_argument("--auth", action="store_true")
     parser.add_argument("--unregistered", type=int, default=0)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("outputs/node-state"),
+        help="each SuperNode keeps its state for resumed runs in DIR/node-<i>",
+    )
     args = parser.parse_args()
     nodes = args.nodes if args.nodes is not None else len(args.data_path) or 2
     if args.data_path and len(args.data_path) != nodes:
@@ -56,9 +62,14 @@ def main() -> None:
         if not path.is_file():
             parser.error(f"--data-path {path}: no such file")
     node_configs = [
-        {"data-path": str(args.data_path[i].resolve())}
-        if args.data_path
-        else {"partition-id": i, "num-partitions": nodes}
+        {
+            **(
+                {"data-path": str(args.data_path[i].resolve())}
+                if args.data_path
+                else {"partition-id": i, "num-partitions": nodes}
+            ),
+            "state-dir": str((args.state_dir / f"node-{i}").resolve()),
+        }
         for i in range(nodes)
     ]
     register = [i < nodes - args.unregistered for i in range(nodes)]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -100,11 +101,13 @@ class FedAvg(FlowerFedAvg):
             min_evaluate_clients=evaluate_clients_per_round,
             min_available_clients=num_clients,
             evaluate_fn=evaluate_fn,
-            on_fit_config_fn=lambda r: {"server_round": r},
-            on_evaluate_config_fn=lambda r: {"server_round": r},
+            on_fit_config_fn=lambda r: {"server_round": r, **self.round_config},
+            on_evaluate_config_fn=lambda r: {"server_round": r, **self.round_config},
             initial_parameters=initial_parameters,
         )
         self.evaluate_clients_per_round = evaluate_clients_per_round
+        # sent to every client in each round's config (e.g. the round a run resumed)
+        self.round_config: dict[str, Scalar] = {}
         self._global: NDArrays = parameters_to_ndarrays(initial_parameters)
         self._records: dict[int, dict[str, Any]] = {}
         self.transport = transport or Transport()
@@ -190,6 +193,33 @@ class FedAvg(FlowerFedAvg):
             record["clients"][k] for k in sorted(record["clients"], key=_natural)
         ]
         return record
+
+    # -- checkpoints ------------------------------------------------------------------
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, NDArrays]]:
+        """Return what a resumed run needs beyond the global model: (JSON, arrays).
+
+        FedAvg keeps only the pruning mask between rounds (its schedule step is the
+        round); a subclass with more state extends both.
+        """
+        if self.pruner is None:
+            return {}, {}
+        masked = sorted(self.pruner.masks)
+        return {"pruning_masked_arrays": masked}, {
+            "pruning_masks": [self.pruner.masks[i] for i in masked]
+        }
+
+    def restore_checkpoint_state(
+        self, weights: NDArrays, state: dict[str, Any], arrays: dict[str, NDArrays]
+    ) -> None:
+        """Continue from a checkpoint: its global model and :meth:`checkpoint_state`."""
+        self._global = self._reference = list(weights)
+        if self.pruner is not None:
+            masks = arrays.get("pruning_masks", [])
+            masked = state.get("pruning_masked_arrays", [])
+            self.pruner.masks = {
+                int(i): np.asarray(m, dtype=bool)
+                for i, m in zip(masked, masks, strict=True)
+            }
 
     @property
     def global_parameters(self) -> NDArrays:

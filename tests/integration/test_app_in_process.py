@@ -107,6 +107,7 @@ def test_dp_sgd_and_client_side_dp_under_secagg_report_epsilon(tmp_path):
     run_in_process(
         [
             *THREE,
+            "model=softmax",  # the accounting does not depend on the model
             "num_rounds=2",
             "secagg=enabled",
             "dpsgd=sgd",
@@ -134,6 +135,7 @@ def test_personalized_fixed_alpha_with_augmentation(tmp_path, alpha):
     run_in_process(
         [
             *TINY,
+            "model=softmax",
             "num_rounds=2",
             "partition=pathological",
             "strategy=apfl",

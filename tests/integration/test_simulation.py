@@ -44,49 +44,92 @@ def check_results(out, rounds, clients):
     return summary
 
 
-def test_hydra_sweep_runs_each_job_in_flower_with_the_same_seed_same_metrics(
-    tmp_path, no_leftover_processes
-):
-    # One Hydra sweep, two jobs, each its own Flower run (SuperLink, Ray workers).
-    # The jobs differ only in save_model, which acts after training: the same seed
-    # must give exactly the same metrics. Augmentation runs in the Ray workers
-    # (where Ray sets OMP_NUM_THREADS), seeded per client and round.
-    sweep = tmp_path / "sweep"
+# One seeded configuration, run by the sweep test (as a one-job Hydra sweep) and by
+# the kill-and-resume test, whose resumed run must end exactly where the sweep's did.
+SEEDED = [*TINY, "num_rounds=3", "client/augmentation=light"]
+FIGURES = ("central_loss", "central_accuracy", "train_loss", "federated_loss")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A Hydra sweep of ``SEEDED`` (one job, its own Flower run)."""
+    root = tmp_path_factory.mktemp("sweep")
     result = run_entry(
-        [
-            "-m",
-            *TINY,
-            "num_rounds=2",
-            "client/augmentation=light",
-            "save_model=true,false",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        tmp_path,
+        ["-m", *SEEDED, "save_model=true", f"hydra.sweep.dir={root / 'sweep'}"], root
     )
+    return root / "sweep", result
+
+
+def test_hydra_sweep_runs_each_job_in_flower(sweep):
+    # Augmentation runs in the Ray workers (where Ray sets OMP_NUM_THREADS), seeded
+    # per client and round; the kill-and-resume test below compares another run of
+    # the same seed with this one, exactly.
+    sweep, result = sweep
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "round 2/2" in result.stdout  # per-round progress is shown
-    summary = check_results(sweep / "0", rounds=2, clients=2)
+    assert "round 3/3" in result.stdout  # per-round progress is shown
+    summary = check_results(sweep / "0", rounds=3, clients=2)
     assert summary["final_accuracy"] > summary["initial_accuracy"]
-    # each job's own override reached its run, and save_model acts
-    configs = [
-        json.loads((sweep / j / "summary.json").read_text())["run_config"]
-        for j in ("0", "1")
-    ]
-    assert [c["save-model"] for c in configs] == [True, False]
-    assert {c["client-augmentation"] for c in configs} == {"light"}
-    assert not (sweep / "1" / "final_model.keras").exists()
-    keys = ("central_loss", "central_accuracy", "train_loss", "federated_loss")
-    first, second = (
-        [[row[k] for k in keys] for row in read_jsonl(sweep / j / "metrics.jsonl")]
-        for j in ("0", "1")
-    )
-    assert len(first) == 2 and first == second  # exactly equal, not approximately
+    config = summary["run_config"]  # the job's overrides reached its run
+    assert config["save-model"] is True and config["client-augmentation"] == "light"
     table = (sweep / "comparison.md").read_text().splitlines()
-    assert (
-        len(table) == 4
-        and "save_model=True" in table[2]
-        and "save_model=False" in table[3]
+    assert len(table) == 3 and "save_model=True" in table[2]
+
+
+def test_a_run_killed_with_its_process_group_resumes_bit_equal(
+    tmp_path, sweep, no_leftover_processes
+):
+    # SIGKILL of run_simulation.py's whole process group after round 1's checkpoint:
+    # the SuperLink (own session), flwr-simulation and Ray go down with it (the
+    # watchdog), and the resumed run ends exactly where the sweep's job did; only
+    # save_model differs, and it acts after training.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fl_app.checkpoint import RunLock
+    from tests.integration.conftest import flower_processes
+
+    out = tmp_path / "run"
+    before = set(flower_processes())
+    with (tmp_path / "killed.log").open("w") as log:
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "run_simulation.py"),
+                *SEEDED,
+                "save_model=false",
+                f"hydra.run.dir={out}",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "round-00001.npz").exists():
+            assert launcher.poll() is None, (tmp_path / "killed.log").read_text()
+            assert time.monotonic() < deadline, "no checkpoint after round 1"
+            time.sleep(0.02)
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    deadline = time.monotonic() + 30
+    while set(flower_processes()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(flower_processes()) - before, "processes outlived their launcher"
+    RunLock(out).acquire().release()  # nobody writes there any more
+
+    result = run_entry([*SEEDED, "save_model=false", f"resume={out}"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] in ([1], [2])  # killed in round 2 or 3
+    assert summary["rounds"] == 3 and not (out / "final_model.keras").exists()
+    sweep, _ = sweep
+    resumed, whole = (
+        [[row[k] for k in FIGURES] for row in read_rows(d)] for d in (out, sweep / "0")
     )
+    assert resumed == whole  # exactly equal, not approximately
 
 
 def test_flwr_run_same_app_with_run_config_overrides(tmp_path, no_leftover_processes):
@@ -186,43 +229,3 @@ def test_split_training_runs_in_flowers_simulation(tmp_path, no_leftover_process
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["split_mode"] == "splitfed_v2"
     assert summary["final_accuracy"] > summary["initial_accuracy"]
-
-
-def test_a_killed_launcher_takes_its_superlink_down(tmp_path, no_leftover_processes):
-    # The SuperLink runs in a session of its own; a SIGKILL of the launcher's
-    # process group must not leave it (and a run under it) going on alone.
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from fl_app.watchdog import marked_processes
-
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time\n"
-            "from fl_app.launcher import LocalSuperLink\n"
-            "link = LocalSuperLink().__enter__()\n"
-            "print(link.process.pid, link.token, flush=True)\n"
-            "time.sleep(600)\n",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    superlink, token = launcher.stdout.readline().split()
-    assert marked_processes(token)  # the SuperLink carries the launch's token
-    os.killpg(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    deadline = time.monotonic() + 30
-    while marked_processes(token) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not marked_processes(token)
-    assert (
-        not os.path.exists(f"/proc/{superlink}")
-        or "Z" in open(f"/proc/{superlink}/stat").read().rsplit(") ", 1)[1][:1]
-    )

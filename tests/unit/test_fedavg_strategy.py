@@ -200,3 +200,35 @@ def test_sampling_goes_on_with_the_nodes_left():
     # two nodes died: the same fraction of those left, never waiting for all ten
     assert strategy.num_fit_clients(8) == (6, 1)
     assert strategy.num_evaluation_clients(1) == (1, 1)
+
+
+def test_a_restored_strategy_prunes_with_the_mask_it_had():
+    # The server's mask after round 1 (sparsity 0.5 of the kernel), checkpointed,
+    # restored into a fresh strategy: round 2 (no new sparsity) keeps that mask.
+    from strategies.transport import ServerPruner
+
+    def strategy():
+        return FedAvg(
+            num_clients=1,
+            clients_per_round=1,
+            evaluate_clients_per_round=0,
+            initial_parameters=ndarrays_to_parameters(
+                [
+                    np.array([[4.0, -1.0], [3.0, 0.5]], np.float32),
+                    np.ones(2, np.float32),
+                ]
+            ),
+            pruner=ServerPruner(prunable=[True, False], sparsity_by_round={1: 0.5}),
+        )
+
+    saved = strategy()
+    state, arrays = saved.checkpoint_state()
+    assert state == {"pruning_masked_arrays": [0]}
+    restored = strategy()
+    restored.pruner.masks = {}  # a new process: no mask yet
+    update = [np.full((2, 2), 9.0, np.float32), np.ones(2, np.float32)]
+    restored.restore_checkpoint_state(update, state, arrays)
+    assert restored.global_parameters[0].tolist() == [[9.0, 9.0], [9.0, 9.0]]
+    params, _ = restored.aggregate_fit(1, [(FakeProxy(1), fit_res(update, 1, 0))], [])
+    # the mask kept the largest magnitudes of the initial kernel: 4 and 3
+    assert parameters_to_ndarrays(params)[0].tolist() == [[9.0, 0.0], [9.0, 0.0]]

@@ -61,6 +61,19 @@ def test_every_round_goes_to_tensorboard_and_phases_stay_apart(tmp_path):
     assert "gan/round" not in found and "round" not in found
 
 
+def test_a_resumed_recorder_rewrites_the_kept_rounds_and_the_curves_go_on(tmp_path):
+    killed = RunRecorder(tmp_path, num_rounds=4)
+    for r in (1, 2, 3):  # round 3 was written after the last checkpoint (round 2)
+        killed.write_round({"round": r, "central_accuracy": r / 10, "clients": []})
+    kept = killed.rows[:2]
+    resumed = RunRecorder(tmp_path, num_rounds=4, rows=kept)
+    for r in (3, 4):
+        resumed.write_round({"round": r, "central_accuracy": r / 5, "clients": []})
+    assert [r["central_accuracy"] for r in read_rows(tmp_path)] == [0.1, 0.2, 0.6, 0.8]
+    found = tensorboard_scalars(tmp_path / "tensorboard")
+    assert found["central_accuracy"] == pytest.approx({1: 0.1, 2: 0.2, 3: 0.6, 4: 0.8})
+
+
 def test_a_phase_round_progress_line():
     line = format_phase_round(
         {

@@ -1,0 +1,129 @@
+"""Kill a run, resume it from its checkpoint, compare with a run that was not killed.
+
+The crash is the server process dying: the grid raises in the middle of a round
+(after the clients trained, their replies lost) or between rounds, and nothing the
+server held in memory survives. The resumed run gets fresh node contexts, as a new
+Flower run does; the nodes find their state on disk. A SIGKILL of the real
+processes is in ``test_simulation.py``.
+"""
+
+import json
+
+import pytest
+
+from fl_app.results import read_rows
+from tests.inprocess import InProcessGrid, run_in_process
+
+pytestmark = pytest.mark.slow
+
+BASE = [
+    "model=softmax",  # what is restored does not depend on the model; it is fast
+    "num_clients=3",
+    "clients_per_round=3",
+    "evaluate_clients_per_round=3",
+    "save_model=false",
+]
+FIGURES = (
+    "central_accuracy",
+    "central_loss",
+    "train_loss",
+    "federated_loss",
+    "federated_accuracy",
+    "federated_personalized_accuracy",
+    "sparsity",
+)
+
+
+class Killed(Exception):
+    """The server process died."""
+
+
+def killed_in_round(server_round, in_flight=True):
+    """A grid whose server dies in ``server_round``'s fit step.
+
+    ``in_flight``: after the clients trained (their replies are lost); else before
+    any message of that round is sent (between rounds).
+    """
+
+    class Grid(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            crash = any(
+                m.metadata.group_id == str(server_round)
+                and m.metadata.message_type == "train"
+                for m in messages
+            )
+            if crash and not in_flight:
+                raise Killed
+            ids = self.push_messages(messages)
+            if crash:
+                raise Killed
+            return self.pull_messages(ids)
+
+    return Grid
+
+
+def kill_and_resume(overrides, out, server_round, in_flight=True):
+    with pytest.raises(Killed):
+        run_in_process(
+            overrides, out, grid_class=killed_in_round(server_round, in_flight)
+        )
+    run_in_process([*overrides, f"resume={out}"], out)
+    return read_rows(out)
+
+
+def figures(rows):
+    return [{k: row.get(k) for k in FIGURES} for row in rows]
+
+
+def client_epsilons(rows):
+    return [{c["partition_id"]: c["epsilon"] for c in row["clients"]} for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("technique", "in_flight"),
+    [
+        # FedAvg with error-feedback top-k uploads (the residuals live in the node
+        # state), killed after the clients trained in round 3
+        (["compression=topk_int8"], True),
+        # APFL (personal models and their alpha live in the node state), killed
+        # between rounds 2 and 3
+        (["strategy=apfl"], False),
+    ],
+    ids=["fedavg-error-feedback", "apfl"],
+)
+def test_a_resumed_run_ends_bit_equal_to_one_never_killed(
+    tmp_path, technique, in_flight
+):
+    overrides = [*BASE, "num_rounds=3", *technique]
+    run_in_process(overrides, tmp_path / "whole")
+    resumed = kill_and_resume(overrides, tmp_path / "killed", 3, in_flight)
+    whole = read_rows(tmp_path / "whole")
+    assert [r["round"] for r in resumed] == [1, 2, 3]
+    assert figures(resumed) == figures(whole)  # exactly equal, every round
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["resumed_from"] == [2] and summary["rounds"] == 3
+    assert summary["final_accuracy"] == whole[-1]["central_accuracy"]
+
+
+def test_dp_sgd_epsilon_never_goes_back_and_a_spent_client_stays_declined(tmp_path):
+    dp = [
+        *BASE,
+        "num_clients=2",
+        "clients_per_round=2",
+        "evaluate_clients_per_round=0",
+        "partition=iid",
+        "dpsgd=sgd",
+        "num_rounds=3",
+    ]
+    run_in_process(dp, tmp_path / "whole")
+    whole = client_epsilons(read_rows(tmp_path / "whole"))
+    # A budget that admits two rounds: the run never killed trains in rounds 1
+    # and 2 and declines in round 3. Killed after the clients trained in round 2,
+    # their lost replies spent ε: the redone round 2 is declined (a node that had
+    # forgotten would train again), and the final ε is the same.
+    budget = (whole[1][0] + whole[2][0]) / 2
+    rows = kill_and_resume([*dp, f"dpsgd.epsilon_budget={budget}"], tmp_path / "k", 2)
+    assert client_epsilons(rows)[0] == whole[0]
+    assert [r["num_declined"] for r in rows] == [0, 2, 2]
+    assert client_epsilons(rows)[1] == client_epsilons(rows)[2] == whole[1]
