@@ -124,6 +124,8 @@ class NodeStateStore:
         """
         data = _serialize(state)
         versions = self.versions()
+        if not versions and not data:
+            return False  # nothing to keep yet (a node with no state)
         if versions and versions[-1][0] <= server_round:
             if versions[-1][1].read_bytes() == data:
                 return False

@@ -42,6 +42,7 @@ from fl_app.checkpoint import (
     code_version,
     flatten_arrays,
     latest_checkpoint,
+    list_checkpoints,
     restore_rng_state,
     rng_state,
     run_output_dir,
@@ -542,7 +543,8 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
     cfg, strategy = run.cfg, run.strategy
     grid = DeadlineGrid(run.grid, cfg.round_timeout) if cfg.round_timeout else None
     wrapped = wrap_client_dp(cfg, strategy)
-    every = cfg.checkpoint.every
+    # a run with a phase before its rounds (the GAN) cannot be resumed: no checkpoints
+    every = cfg.checkpoint.every if cfg.synthetic is None else 0
 
     def evaluate_and_record(grid_: Grid, legacy: Context) -> None:
         default_evaluate_workflow(grid_, legacy)
@@ -564,7 +566,7 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
         strategy=wrapped,
     )
     first_round, weights = 1, None
-    if cfg.checkpoint.active or run.resumed is not None:
+    if every or run.resumed is not None:
         # the nodes keep their state on disk under the run's lineage (node_state)
         strategy.round_config[LINEAGE] = run.lineage
     if run.resumed is not None:
@@ -727,6 +729,26 @@ def resume_point(
     return checkpoint
 
 
+def clear_checkpoints(cfg: RunConfig, output_dir: Path) -> None:
+    """Remove a former run's checkpoints from ``output_dir``; say when none are written.
+
+    A fresh run in a directory that held another run must not leave that run's
+    checkpoints for a later ``resume`` to pick up.
+    """
+    old = list_checkpoints(output_dir)
+    if old:
+        log.warning(
+            "removing %d checkpoint(s) of a former run in %s", len(old), output_dir
+        )
+        for _, path in old:
+            path.unlink(missing_ok=True)
+    if cfg.checkpoint.active and (cfg.split is not None or cfg.synthetic is not None):
+        log.info(
+            "no checkpoints: %s cannot be resumed",
+            "split training" if cfg.split is not None else "a run with the GAN phase",
+        )
+
+
 def run_server(
     grid: Grid,
     context: Context,
@@ -737,6 +759,8 @@ def run_server(
 ) -> None:
     """Train and write the results, holding the output directory's lock."""
     log.info("fl-dnn run %s writes results to %s", context.run_id, output_dir)
+    if resumed is None:
+        clear_checkpoints(cfg, output_dir)
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     np.random.seed(cfg.seed)  # Flower's DP wrappers draw noise from numpy's global RNG
     workflow = build_workflow(cfg)

@@ -64,6 +64,9 @@ def killed_in_round(server_round, in_flight=True):
 
 
 def kill_and_resume(overrides, out, server_round, in_flight=True):
+    # a former run's checkpoint in the same directory must not be resumed
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "round-00009.npz").write_bytes(b"a former run's")
     with pytest.raises(Killed):
         run_in_process(
             overrides, out, grid_class=killed_in_round(server_round, in_flight)
