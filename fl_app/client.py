@@ -422,6 +422,12 @@ class KerasClient(NumPyClient):
         self.cfg = cfg
         self.partition_id = partition_id
         self.data, input_shape, num_classes = client_data(cfg, partition_id, data_path)
+        attack = cfg.extra("attack")
+        if attack is not None and attack.kind == "label_flip":
+            from fl_app.robust import flip_labels
+
+            if partition_id in attack.attackers(cfg):  # simulated attacker
+                self.data = flip_labels(self.data, num_classes)
         self.key = model_key(cfg, input_shape, num_classes)
         self.capacity = capacity
         check_image_input(cfg.client.augmentation, input_shape)

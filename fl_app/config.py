@@ -1059,4 +1059,5 @@ def flatten_nested(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 
 # Last, so a technique module may import this one: every module of the package is
 # imported here and registers its settings (fl_app.techniques).
+import fl_app.robust  # noqa: E402, F401
 import fl_app.techniques  # noqa: E402, F401

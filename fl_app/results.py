@@ -74,6 +74,8 @@ def _round_tail(row: Mapping[str, Any]) -> list[str]:
     parts = [f"{row.get('wall_time_s', 0):.2f}s"]
     if row.get("num_rejected"):
         parts.append(f"rejected {row['num_rejected']}")
+    if row.get("num_clipped"):
+        parts.append(f"clipped {row['num_clipped']}")
     if row.get("num_failures"):
         parts.append(f"failures {row['num_failures']}")
     if row.get("num_timeouts"):
@@ -181,6 +183,8 @@ class RunRecorder:
             "client_failures": sum(row.get("num_failures", 0) for row in self.rows),
             "client_timeouts": sum(row.get("num_timeouts", 0) for row in self.rows),
             "rejected_updates": sum(row.get("num_rejected", 0) for row in self.rows),
+            "clipped_updates": sum(row.get("num_clipped", 0) for row in self.rows),
+            "capped_claims": sum(row.get("num_capped", 0) for row in self.rows),
         }
         full = _jsonable({**totals, **summary})
         (self.output_dir / SUMMARY_FILE).write_text(json.dumps(full, indent=2) + "\n")

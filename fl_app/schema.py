@@ -165,7 +165,11 @@ def flat_settings(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Setti
 
 
 def coerce(key: str, value: Any, spec: Setting) -> Any:
-    """Check one flat value's type, choices and rule; accept an int for a float."""
+    """Check one flat value's type, choices and rule.
+
+    An int is accepted for a float, and for a text setting (as its digits: Hydra
+    and TOML read ``attack.clients=0`` as a number).
+    """
     kind = spec.kind
     if kind is bool:
         ok = isinstance(value, bool)
@@ -177,6 +181,8 @@ def coerce(key: str, value: Any, spec: Setting) -> Any:
             value = float(value)
             ok = math.isfinite(value)
     else:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
         ok = isinstance(value, str)
     if not ok:
         raise ConfigError(

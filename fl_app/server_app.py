@@ -175,9 +175,11 @@ StrategyBuilder = Callable[..., FedAvg]
 """``build(cfg, model, **common) -> strategy``. ``common`` holds what every strategy
 takes (``strategies.fedavg.FedAvg``'s keywords): ``num_clients``,
 ``clients_per_round``, ``evaluate_clients_per_round``, ``initial_parameters``,
-``evaluate_fn``; and for a strategy with dense updates also ``transport`` (upload and
-download codecs), ``pruner`` (the server's pruning mask) and ``uniform`` (equal client
-weights, for client-level DP), so every such strategy gets those features."""
+``evaluate_fn``, ``defence`` (update-norm bound, example cap) and ``attack``
+(simulated attackers); and for a strategy with dense updates also ``transport``
+(upload and download codecs), ``pruner`` (the server's pruning mask) and ``uniform``
+(equal client weights, for client-level DP), so every such strategy gets those
+features."""
 
 STRATEGY_BUILDERS: dict[str, StrategyBuilder] = {}
 
@@ -238,6 +240,12 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
         common.update(
             transport=transport, pruner=pruner, uniform=cfg.client_dp is not None
         )
+    # every strategy applies the update defences and, in simulation, the attack
+    attack = cfg.extra("attack")
+    common.update(
+        defence=cfg.extra("defence").defence(),
+        attack=attack.attack(cfg) if attack is not None else None,
+    )
     return build(cfg, model, **common)
 
 
@@ -836,5 +844,6 @@ def run_server(
     )
 
 
-# Last: the split workflow and the synthetic-data phase build on the names above.
-from fl_app import split_server, synthetic_server  # noqa: E402, F401
+# Last: the split workflow, the synthetic-data phase and the robust strategies build
+# on the names above.
+from fl_app import robust_server, split_server, synthetic_server  # noqa: E402, F401

@@ -34,6 +34,8 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 from flwr.server.strategy.aggregate import weighted_loss_avg
 
 from strategies.aggregation import aggregate_metrics, aggregate_weighted, check_update
+from strategies.attacks import Attack
+from strategies.defences import Defence, Verdict, defend
 from strategies.transport import ServerPruner, Transport
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,11 @@ class FedAvg(FlowerFedAvg):
     uniform : bool
         Average clients with equal weights instead of by examples (client-level DP:
         its noise is calibrated to one client's clipped share of an unweighted mean).
+    defence : Defence | None
+        Update-norm bound and example-count cap (``strategies.robust``).
+    attack : Attack | None
+        Simulated attackers' updates, put in place of theirs before the defence
+        (research, simulation only).
     """
 
     def __init__(
@@ -89,6 +96,8 @@ class FedAvg(FlowerFedAvg):
         transport: Transport | None = None,
         pruner: ServerPruner | None = None,
         uniform: bool = False,
+        defence: Defence | None = None,
+        attack: Attack | None = None,
     ) -> None:
         if pruner is not None:
             initial_parameters = ndarrays_to_parameters(
@@ -113,6 +122,9 @@ class FedAvg(FlowerFedAvg):
         self.transport = transport or Transport()
         self.pruner = pruner
         self.uniform = uniform
+        self.defence = defence
+        self.attack = attack
+        self._round = 0  # the round being aggregated (note_round)
         # The model clients decode from what they were last sent (deltas add to it).
         self._reference: NDArrays = self._global
 
@@ -149,6 +161,8 @@ class FedAvg(FlowerFedAvg):
                 "num_failures": 0,
                 "num_rejected": 0,
                 "num_declined": 0,
+                "num_clipped": 0,
+                "num_capped": 0,
                 "clients": {},
                 "bytes_down_by_node": {},
             },
@@ -174,6 +188,10 @@ class FedAvg(FlowerFedAvg):
                 action,
                 _describe(failure),
             )
+
+    def note_round(self, key: str, value: Any) -> None:
+        """Add ``key`` to the record of the round being aggregated."""
+        self._record(self._round)[key] = value
 
     def pop_round_record(self, server_round: int) -> dict[str, Any]:
         """Return and forget the record of a finished round.
@@ -279,6 +297,7 @@ class FedAvg(FlowerFedAvg):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Validate each update, then average the accepted ones weighted by examples."""
+        self._round = server_round
         record = self._record(server_round)
         self._count_failures(record, failures, "train")
         if failures and not results:
@@ -288,6 +307,7 @@ class FedAvg(FlowerFedAvg):
             )
         accepted: list[tuple[int, NDArrays, int]] = []
         accepted_metrics: list[tuple[int, dict[str, Scalar]]] = []
+        clients: list[dict[str, Any]] = []  # the accepted clients' records
         for proxy, res in sorted(results, key=_client_order):
             pid = res.metrics.get("partition_id")
             client = self._client_record(server_round, pid, proxy.node_id)
@@ -322,7 +342,12 @@ class FedAvg(FlowerFedAvg):
                 continue
             accepted.append((proxy.node_id, update, res.num_examples))
             accepted_metrics.append((res.num_examples, res.metrics))
+            clients.append(client)
 
+        if self.attack is not None or self.defence is not None:
+            accepted, accepted_metrics = self._defend(
+                server_round, record, accepted, accepted_metrics, clients
+            )
         metrics: dict[str, Scalar] = {
             "bytes_up": record["bytes_up"],
             "num_accepted": len(accepted),
@@ -343,6 +368,70 @@ class FedAvg(FlowerFedAvg):
         record.update(fit_metrics)
         metrics.update(fit_metrics)
         return ndarrays_to_parameters(self._global), metrics
+
+    def reference_for(self, node_id: int) -> NDArrays:
+        """Return the model node ``node_id`` was sent: its update's delta is to it."""
+        return self._reference
+
+    def _defend(
+        self,
+        server_round: int,
+        record: dict[str, Any],
+        accepted: list[tuple[int, NDArrays, int]],
+        accepted_metrics: list[tuple[int, dict[str, Scalar]]],
+        clients: list[dict[str, Any]],
+    ) -> tuple[list[tuple[int, NDArrays, int]], list[tuple[int, dict[str, Scalar]]]]:
+        """Put the simulated attack in place, then apply the defence; record both."""
+        nodes = [node for node, _, _ in accepted]
+        references = [self.reference_for(node) for node in nodes]
+        updates = [update for _, update, _ in accepted]
+        counts = [n for _, _, n in accepted]
+        if self.attack is not None:
+            pids = [client["partition_id"] for client in clients]
+            updates, counts, hit = self.attack.apply(
+                server_round, pids, references, updates, counts
+            )
+            record["attackers"] = [pids[i] for i in hit]
+            for i in hit:
+                clients[i]["attacked"] = self.attack.kind
+        verdicts = (
+            defend(self.defence, references, updates, counts)
+            if self.defence is not None
+            else [Verdict(u, n) for u, n in zip(updates, counts, strict=True)]
+        )
+        kept, kept_metrics = [], []
+        for node, verdict, client, (_, fit_metrics) in zip(
+            nodes, verdicts, clients, accepted_metrics, strict=True
+        ):
+            update = verdict.update
+            reason = "; ".join(verdict.reasons) or None
+            if update is not None:  # what an attacker sent is checked like any update
+                invalid = self.check_layers(node, update)
+                if invalid is not None:
+                    update, reason = None, invalid
+            if update is None:
+                record["num_rejected"] += 1
+                client["rejected"] = reason
+                log.warning(
+                    "round %d: rejected the update of client %s: %s",
+                    server_round,
+                    client["partition_id"],
+                    reason,
+                )
+                continue
+            if verdict.clipped or verdict.capped:
+                record["num_clipped"] += verdict.clipped
+                record["num_capped"] += verdict.capped
+                client["defended"] = reason
+                log.info(
+                    "round %d: client %s: %s",
+                    server_round,
+                    client["partition_id"],
+                    reason,
+                )
+            kept.append((node, update, verdict.num_examples))
+            kept_metrics.append((verdict.num_examples, fit_metrics))
+        return kept, kept_metrics
 
     def _decode_update(
         self, node_id: int, res: FitRes

@@ -252,6 +252,12 @@ class HeteroSlicingFedAvg(FedAvg):
         )
         return check_update(expected, update)
 
+    def reference_for(self, node_id: int) -> NDArrays:
+        """Return the slice the node was sent (its update's delta is to it)."""
+        return slice_weights(
+            self.global_parameters, self.layout, self.full_sizes, self._sent[node_id]
+        )
+
     def aggregate_layers(self, accepted: list[tuple[int, NDArrays, int]]) -> NDArrays:
         """Scatter-average the sub-models into the global model (HeteroFL)."""
         merged, _ = aggregate_sliced(

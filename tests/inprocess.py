@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 class InProcessGrid(Grid):
     """A grid whose SuperNodes are ClientApp calls in this process."""
 
+    simulation = True  # simulated nodes: attack simulation is allowed
+
     def __init__(
         self,
         client_app: Any,

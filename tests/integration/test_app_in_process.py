@@ -379,3 +379,40 @@ def test_round_timeout_drops_a_straggler_and_the_run_goes_on(tmp_path):
     assert {c["partition_id"] for c in rows[1]["clients"]} == {0, 2}
     assert all(r["num_failures"] == 0 for r in rows)
     assert summary_of(out)["client_timeouts"] == 1
+
+
+def test_an_attacked_round_stays_near_the_clean_one_under_the_norm_bound(tmp_path):
+    # One round, four clients; client 0 sends its update scaled by 10^6. Without a
+    # defence the global model is thrown ~10^6 steps away; with the norm bound
+    # (2 x the round's median delta norm, clipped) it stays within one clean
+    # round's step of the clean aggregate.
+    from fl_app.config import parse_run_config
+    from fl_app.training import get_compiled_model, model_key
+
+    four = [
+        "model=softmax",
+        "num_clients=4",
+        "clients_per_round=4",
+        "evaluate_clients_per_round=0",
+        "num_rounds=1",
+    ]
+    attack = ["attack=scaled", "attack.clients=0"]
+    runs = {
+        "clean": four,
+        "attacked": [*four, *attack],
+        "defended": [*four, *attack, "robust.norm_bound=2"],
+    }
+    for name, overrides in runs.items():
+        run_in_process(overrides, tmp_path / name)
+    key = model_key(parse_run_config({"model": "softmax"}), (8, 8, 1), 10)
+    initial = np.concatenate(
+        [w.ravel() for w in get_compiled_model(key, 42).get_weights()]
+    )
+    clean, attacked, defended = (final_weights(tmp_path / n) for n in runs)
+    step = np.linalg.norm(clean - initial)
+    assert np.linalg.norm(attacked - clean) > 1000 * step
+    assert np.linalg.norm(defended - clean) <= step
+    (row,) = read_rows(tmp_path / "defended")
+    assert row["attackers"] == [0] and row["num_clipped"] == 1
+    assert row["clients"][0]["attacked"] == "scaled"
+    assert summary_of(tmp_path / "defended")["clipped_updates"] == 1

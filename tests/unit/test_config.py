@@ -63,6 +63,8 @@ GROUPS = [
     "clientdp",
     "secagg",
     "split",
+    "synthetic",
+    "attack",
 ]
 
 

@@ -1,0 +1,245 @@
+"""Settings of robust aggregation, update defences and attack simulation.
+
+Three sections of the run config, registered here so that the core config knows
+nothing of them (``schema.register_section``):
+
+- ``robust-*`` (always present; everything off by default): the update-norm bound
+  and the example-count cap every strategy applies (``strategies.defences``);
+- ``strategy-num-malicious``, ``strategy-trim-beta``, ``strategy-to-keep`` for the
+  robust strategies ``median``, ``trimmed_mean``, ``krum``, ``multikrum``,
+  ``bulyan`` (``strategies.robust``, Flower's own functions), registered here as
+  strategy specs and built in ``fl_app.robust_server``;
+- ``attack`` and ``attack-*``: simulated attackers, for research; refused in a
+  deployment (``fl_app.robust_server``).
+
+Imports neither TensorFlow nor Flower's server.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fl_app.config import STRATEGY_SPECS, StrategySpec, register_strategy_spec
+from fl_app.schema import fail, register_section, setting
+from strategies.attacks import ATTACKS, Attack
+from strategies.defences import Defence
+from strategies.robust import RULES
+
+if TYPE_CHECKING:
+    from fl_app.config import RunConfig
+    from fl_app.data import ClientData
+
+
+def _refuse_with(run: RunConfig, key: str, value: Any, what: str) -> None:
+    """Refuse ``key`` with SecAgg+ and split training, which hide or skip updates."""
+    if run.secagg is not None:
+        raise fail(
+            key,
+            value,
+            f"{what} off with secagg: SecAgg+ gives the server only the sum of the "
+            "updates, never one client's",
+        )
+    if run.split is not None:
+        raise fail(key, value, f"{what} off with split training (its own flow)")
+
+
+@dataclass(frozen=True)
+class DefenceConfig:
+    """The update-norm bound and example-count cap (``robust-*``); off by default."""
+
+    norm_bound: float = setting(
+        0.0,
+        ">= 0 (0: off)",
+        lambda v: v >= 0,
+        help="largest delta norm accepted: absolute, or times the round's median",
+    )
+    norm_mode: str = setting("median", choices=("median", "fixed"))
+    norm_action: str = setting("clip", choices=("clip", "reject"))
+    max_examples: float = setting(
+        0.0,
+        ">= 0 (0: off)",
+        lambda v: v >= 0,
+        help="largest example count a client may claim: absolute, or times the "
+        "round's median claim",
+    )
+    examples_mode: str = setting("median", choices=("median", "fixed"))
+    equal_weights: bool = setting(False, help="average clients with equal weights")
+
+    @property
+    def active(self) -> bool:
+        """Whether any defence is on."""
+        return self.norm_bound > 0 or self.max_examples > 0 or self.equal_weights
+
+    def defence(self) -> Defence | None:
+        """Return the strategies' :class:`Defence`, or None when every part is off."""
+        if not self.active:
+            return None
+        return Defence(
+            norm_bound=self.norm_bound,
+            norm_mode=self.norm_mode,
+            norm_action=self.norm_action,
+            max_examples=self.max_examples,
+            examples_mode=self.examples_mode,
+            equal_weights=self.equal_weights,
+        )
+
+    def validate(self, run: RunConfig) -> None:
+        """Refuse what hides updates from the server, and a relative bound below 1."""
+        if not self.active:
+            return
+        key, value = (
+            ("robust-norm-bound", self.norm_bound)
+            if self.norm_bound
+            else ("robust-max-examples", self.max_examples)
+            if self.max_examples
+            else ("robust-equal-weights", True)
+        )
+        _refuse_with(run, key, value, "the update defences")
+        if self.norm_bound and self.norm_mode == "median" and self.norm_bound < 1:
+            raise fail(
+                "robust-norm-bound",
+                self.norm_bound,
+                ">= 1 with robust-norm-mode=median (below 1, half the honest "
+                "clients would be clipped or rejected every round)",
+            )
+
+
+@dataclass(frozen=True)
+class RobustRuleConfig:
+    """``f`` (Krum, Multi-Krum, Bulyan), ``beta`` (trimmed mean), ``m`` (Multi-Krum)."""
+
+    num_malicious: int = setting(
+        1, ">= 0", lambda v: v >= 0, help="f: how many malicious clients to tolerate"
+    )
+    trim_beta: float = setting(
+        0.1,
+        "0 <= value < 0.5",
+        lambda v: 0 <= v < 0.5,
+        help="fraction cut from each end, per coordinate (trimmed mean)",
+    )
+    to_keep: int = setting(
+        0,
+        ">= 0 (0: n - f)",
+        lambda v: v >= 0,
+        help="m: the best-scored updates Multi-Krum averages",
+    )
+
+    def keep(self, clients: int) -> int:
+        """Multi-Krum's m for ``clients`` updates (0 means ``n - f``)."""
+        return self.to_keep or max(1, clients - self.num_malicious)
+
+    def validate(self, run: RunConfig) -> None:
+        """Refuse an f the sampled clients cannot support, and hidden updates."""
+        rule = RULES[run.strategy]
+        n, f = run.clients_per_round, self.num_malicious
+        if n < rule.min_clients(f):
+            fits = [g for g in range(n) if rule.min_clients(g) <= n]
+            raise fail(
+                "strategy-num-malicious",
+                f,
+                f"{run.strategy} needs {rule.needs}; with clients-per-round={n}, "
+                + (f"f <= {max(fits)}" if fits else "no f at all (sample more)"),
+            )
+        if run.strategy == "multikrum" and self.to_keep > n - f:
+            raise fail(
+                "strategy-to-keep",
+                self.to_keep,
+                f"<= clients-per-round - f ({n - f})",
+            )
+        _refuse_with(run, "strategy", run.strategy, "a robust aggregator")
+        if run.client_dp is not None:
+            raise fail(
+                "clientdp",
+                run.client_dp.mode,
+                f"none with strategy={run.strategy}: Flower's client-level DP "
+                "wrappers calibrate their noise to a mean of clipped updates",
+            )
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated attackers (research, simulation only)."""
+
+    kind: str = setting("none", key="attack", choices=("none", *ATTACKS))
+    clients: str = setting(
+        "0", help="comma-separated partition ids of the attacking clients"
+    )
+    fraction: float = setting(
+        0.0,
+        "0 <= value < 1 (0: attack-clients)",
+        lambda v: 0 <= v < 1,
+        help="the attackers' share of the clients, drawn from the seed",
+    )
+    scale: float = setting(
+        1.0, "> 0", lambda v: v > 0, help="λ (scaled, sign_flip); std (gaussian)"
+    )
+    num_examples: int = setting(
+        1000000000, ">= 1", lambda v: v >= 1, help="the claim of attack=examples"
+    )
+    z: float = setting(
+        0.0, ">= 0 (0: Baruch et al.'s z)", lambda v: v >= 0, help="alie's shift"
+    )
+
+    def attackers(self, run: RunConfig) -> frozenset[int]:
+        """Return the attackers: ``clients``, or a seeded draw of ``fraction``."""
+        if self.fraction > 0:
+            count = max(1, math.ceil(self.fraction * run.num_clients))
+            rng = np.random.default_rng([run.seed, 0xA77AC])
+            return frozenset(int(p) for p in rng.permutation(run.num_clients)[:count])
+        return frozenset(int(p) for p in self.clients.split(",") if p.strip())
+
+    def attack(self, run: RunConfig) -> Attack:
+        """Return the strategies' :class:`Attack`."""
+        return Attack(
+            self.kind,
+            self.attackers(run),
+            scale=self.scale,
+            num_examples=self.num_examples,
+            z=self.z,
+            seed=run.seed,
+        )
+
+    def validate(self, run: RunConfig) -> None:
+        """Partition ids in range; the server must see each update."""
+        if self.fraction == 0:
+            try:
+                pids = self.attackers(run)
+            except ValueError:
+                raise fail(
+                    "attack-clients", self.clients, "comma-separated partition ids"
+                ) from None
+            if not pids or any(not 0 <= p < run.num_clients for p in pids):
+                raise fail(
+                    "attack-clients",
+                    self.clients,
+                    f"partition ids in 0..{run.num_clients - 1}",
+                )
+        _refuse_with(run, "attack", self.kind, "attack simulation")
+        if self.kind == "alie" and STRATEGY_SPECS[run.strategy].width_slicing:
+            raise fail(
+                "attack",
+                self.kind,
+                "another attack with width slicing: alie averages the attackers' "
+                "updates, whose shapes differ there",
+            )
+
+
+for _rule in RULES:
+    register_strategy_spec(StrategySpec(_rule))
+register_section("defence", DefenceConfig, "robust")
+register_section(
+    "robust_rule", RobustRuleConfig, "strategy", lambda flat: flat["strategy"] in RULES
+)
+register_section(
+    "attack", AttackConfig, "attack", lambda flat: flat["attack"] != "none"
+)
+
+
+def flip_labels(data: ClientData, num_classes: int) -> ClientData:
+    """Return an attacker's data with each training label ``y`` as ``C - 1 - y``."""
+    flipped = (num_classes - 1 - data.train.y).astype(data.train.y.dtype)
+    return replace(data, train=replace(data.train, y=flipped))
