@@ -168,7 +168,8 @@ def coerce(key: str, value: Any, spec: Setting) -> Any:
     """Check one flat value's type, choices and rule.
 
     An int is accepted for a float, and for a text setting (as its digits: Hydra
-    and TOML read ``attack.clients=0`` as a number).
+    and TOML read ``attack.clients=0`` as a number), as is a list of numbers or
+    names for a text setting (comma-joined: ``attack.clients=[0,1]``).
     """
     kind = spec.kind
     if kind is bool:
@@ -183,6 +184,10 @@ def coerce(key: str, value: Any, spec: Setting) -> Any:
     else:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
+        elif isinstance(value, list | tuple) and all(
+            isinstance(v, int | str) and not isinstance(v, bool) for v in value
+        ):
+            value = ",".join(str(v) for v in value)
         ok = isinstance(value, str)
     if not ok:
         raise ConfigError(
