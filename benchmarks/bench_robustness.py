@@ -6,8 +6,9 @@ alpha = 0.5, 10 clients, all of them every round, CNN, 20 rounds, seed 42):
 - ``clean``: FedAvg, no attack: the reference;
 - one attacker of ten (partition 0) with ``scaled`` (x10^6), ``sign_flip`` (x5)
   and ``examples`` (claims 10^9 rows), against plain FedAvg and against FedAvg with
-  the defences on (``robust.norm_bound=3``: clip to 3 x the round's median delta
-  norm; ``robust.max_examples=2``: cap claims at 2 x the median claim);
+  the defences on (``robust.norm_bound=3 robust.norm_action=reject``: reject an
+  update longer than 3 x the round's median delta norm; ``robust.max_examples=2``:
+  cap claims at 2 x the median claim);
 - two attackers of ten (partitions 0 and 1) with ``alie`` and ``sign_flip`` (x5),
   against FedAvg and each robust aggregator: median, trimmed mean (beta 0.2),
   Krum and Multi-Krum (f = 2), Bulyan (f = 1: with 10 clients, n >= 4f + 3 allows
@@ -35,7 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import bench_parser, simulate, write_json  # noqa: E402
 
 BASE = {"save-model": False}
-DEFENDED = {"robust-norm-bound": 3.0, "robust-max-examples": 2.0}
+DEFENDED = {
+    "robust-norm-bound": 3.0,
+    "robust-norm-action": "reject",
+    "robust-max-examples": 2.0,
+}
 ONE = {
     "scaled": {"attack": "scaled", "attack-scale": 1e6},
     "sign_flip": {"attack": "sign_flip", "attack-scale": 5.0},

@@ -79,7 +79,7 @@ class FedAvg(FlowerFedAvg):
         Average clients with equal weights instead of by examples (client-level DP:
         its noise is calibrated to one client's clipped share of an unweighted mean).
     defence : Defence | None
-        Update-norm bound and example-count cap (``strategies.robust``).
+        Update-norm bound and example-count cap (``strategies.defences``).
     attack : Attack | None
         Simulated attackers' updates, put in place of theirs before the defence
         (research, simulation only).

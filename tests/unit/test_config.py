@@ -297,3 +297,13 @@ def _mu_section():
         mu: float = schema.setting(0.0)
 
     return Mu
+
+
+def test_a_text_setting_takes_a_number_or_a_list_as_hydra_reads_them():
+    assert parse_run_config({"attack": "scaled", "attack-clients": 3}).extra(
+        "attack"
+    ).attackers(parse_run_config({})) == frozenset({3})
+    cfg = parse_run_config({"attack": "scaled", "attack-clients": [0, 2]})
+    assert cfg.extra("attack").clients == "0,2"
+    with pytest.raises(ConfigError, match="'attack-clients': expected str"):
+        parse_run_config({"attack": "scaled", "attack-clients": True})
