@@ -25,13 +25,25 @@ import numpy as np
 
 from fl_app.config import STRATEGY_SPECS, StrategySpec, register_strategy_spec
 from fl_app.schema import fail, register_section, setting
-from strategies.attacks import ATTACKS, Attack
-from strategies.defences import Defence
-from strategies.robust import RULES
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
     from fl_app.data import ClientData
+    from strategies.attacks import Attack
+    from strategies.defences import Defence
+
+# The names and client-count conditions of the robust rules and the attacks, as the
+# config (which every ClientApp reads) needs them; the server side's own tables
+# (strategies.robust.RULES, strategies.attacks.ATTACKS) must agree, which a unit
+# test checks. Kept here so a ClientApp never imports strategies/.
+RULE_MIN_CLIENTS = {
+    "median": (lambda f: 1, "n >= 1"),
+    "trimmed_mean": (lambda f: 1, "n >= 1 (beta < 0.5)"),
+    "krum": (lambda f: 2 * f + 3, "n >= 2f + 3"),
+    "multikrum": (lambda f: 2 * f + 3, "n >= 2f + 3"),
+    "bulyan": (lambda f: 4 * f + 3, "n >= 4f + 3"),
+}
+ATTACKS = ("scaled", "sign_flip", "gaussian", "alie", "label_flip", "examples")
 
 
 def _refuse_with(run: RunConfig, key: str, value: Any, what: str) -> None:
@@ -76,6 +88,8 @@ class DefenceConfig:
 
     def defence(self) -> Defence | None:
         """Return the strategies' :class:`Defence`, or None when every part is off."""
+        from strategies.defences import Defence
+
         if not self.active:
             return None
         return Defence(
@@ -134,14 +148,14 @@ class RobustRuleConfig:
 
     def validate(self, run: RunConfig) -> None:
         """Refuse an f the sampled clients cannot support, and hidden updates."""
-        rule = RULES[run.strategy]
+        min_clients, needs = RULE_MIN_CLIENTS[run.strategy]
         n, f = run.clients_per_round, self.num_malicious
-        if n < rule.min_clients(f):
-            fits = [g for g in range(n) if rule.min_clients(g) <= n]
+        if n < min_clients(f):
+            fits = [g for g in range(n) if min_clients(g) <= n]
             raise fail(
                 "strategy-num-malicious",
                 f,
-                f"{run.strategy} needs {rule.needs}; with clients-per-round={n}, "
+                f"{run.strategy} needs {needs}; with clients-per-round={n}, "
                 + (f"f <= {max(fits)}" if fits else "no f at all (sample more)"),
             )
         if run.strategy == "multikrum" and self.to_keep > n - f:
@@ -194,6 +208,8 @@ class AttackConfig:
 
     def attack(self, run: RunConfig) -> Attack:
         """Return the strategies' :class:`Attack`."""
+        from strategies.attacks import Attack
+
         return Attack(
             self.kind,
             self.attackers(run),
@@ -228,11 +244,14 @@ class AttackConfig:
             )
 
 
-for _rule in RULES:
+for _rule in RULE_MIN_CLIENTS:
     register_strategy_spec(StrategySpec(_rule))
 register_section("defence", DefenceConfig, "robust")
 register_section(
-    "robust_rule", RobustRuleConfig, "strategy", lambda flat: flat["strategy"] in RULES
+    "robust_rule",
+    RobustRuleConfig,
+    "strategy",
+    lambda flat: flat["strategy"] in RULE_MIN_CLIENTS,
 )
 register_section(
     "attack", AttackConfig, "attack", lambda flat: flat["attack"] != "none"

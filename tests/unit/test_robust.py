@@ -197,3 +197,19 @@ def test_a_label_flipping_attacker_trains_on_flipped_labels_only():
     np.testing.assert_array_equal(
         other.data.train.y, KerasClient(parse_run_config(base), 0).data.train.y
     )
+
+
+def test_the_configs_tables_agree_with_the_strategies():
+    # fl_app.robust keeps the rule names, their client-count conditions and the
+    # attack names for the config (ClientApps never import strategies/)
+    from fl_app import robust as settings
+    from strategies import attacks
+    from strategies.robust import RULES
+
+    assert set(settings.RULE_MIN_CLIENTS) == set(RULES)
+    for name, (min_clients, needs) in settings.RULE_MIN_CLIENTS.items():
+        assert needs == RULES[name].needs
+        assert [min_clients(f) for f in range(5)] == [
+            RULES[name].min_clients(f) for f in range(5)
+        ]
+    assert settings.ATTACKS == attacks.ATTACKS
