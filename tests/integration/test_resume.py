@@ -92,8 +92,18 @@ def client_epsilons(rows):
         # APFL (personal models and their alpha live in the node state), killed
         # between rounds 2 and 3
         (["strategy=apfl"], False),
+        # Flower's server-side adaptive clipping: its clipping norm and the noise
+        # it draws from numpy's global RNG continue from the checkpoint
+        (
+            [
+                "clientdp=server_adaptive",
+                "clientdp.noise_multiplier=0.1",
+                "evaluate_clients_per_round=0",
+            ],
+            True,
+        ),
     ],
-    ids=["fedavg-error-feedback", "apfl"],
+    ids=["fedavg-error-feedback", "apfl", "client-level-dp-adaptive"],
 )
 def test_a_resumed_run_ends_bit_equal_to_one_never_killed(
     tmp_path, technique, in_flight
