@@ -707,8 +707,11 @@ class SplitConfig:
         for refused, key, value, allowed in refusals:
             if refused:
                 raise fail(key, value, allowed)
-        if run.extras:
-            names = ", ".join(name for name, _ in run.extras)
+        from fl_app.techniques import active_techniques
+
+        techniques = active_techniques(run.extras)
+        if techniques:
+            names = ", ".join(name for name, _ in techniques)
             raise ConfigError(
                 f"run config: split={self.mode} runs no client techniques; turn "
                 f"off {names}"

@@ -3,7 +3,7 @@
 Three sections of the run config, registered here so that the core config knows
 nothing of them (``schema.register_section``):
 
-- ``robust-*`` (always present; everything off by default): the update-norm bound
+- ``robust-*`` (present when any of it is on; all off by default): the update-norm bound
   and the example-count cap every strategy applies (``strategies.defences``);
 - ``strategy-num-malicious``, ``strategy-trim-beta``, ``strategy-to-keep`` for the
   robust strategies ``median``, ``trimmed_mean``, ``krum``, ``multikrum``,
@@ -246,7 +246,16 @@ class AttackConfig:
 
 for _rule in RULE_MIN_CLIENTS:
     register_strategy_spec(StrategySpec(_rule))
-register_section("defence", DefenceConfig, "robust")
+register_section(
+    "defence",
+    DefenceConfig,
+    "robust",
+    lambda flat: (
+        flat["robust-norm-bound"] > 0
+        or flat["robust-max-examples"] > 0
+        or flat["robust-equal-weights"]
+    ),
+)
 register_section(
     "robust_rule",
     RobustRuleConfig,

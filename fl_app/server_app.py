@@ -241,9 +241,9 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
             transport=transport, pruner=pruner, uniform=cfg.client_dp is not None
         )
     # every strategy applies the update defences and, in simulation, the attack
-    attack = cfg.extra("attack")
+    defence, attack = cfg.extra("defence"), cfg.extra("attack")
     common.update(
-        defence=cfg.extra("defence").defence(),
+        defence=defence.defence() if defence is not None else None,
         attack=attack.attack(cfg) if attack is not None else None,
     )
     return build(cfg, model, **common)
