@@ -208,24 +208,3 @@ def test_failed_flower_run_exits_nonzero_with_flowers_error(
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "DatasetUnavailableError" in output and "finished:failed" in output
-
-
-def test_split_training_runs_in_flowers_simulation(tmp_path, no_leftover_processes):
-    # Ray workers answer the split messages from node state alone
-    result = run_entry(
-        [
-            *TINY,
-            "num_rounds=1",
-            "split=splitfed_v2",
-            "split.chunk=2",
-            "save_model=false",
-        ],
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stdout
-    (row,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert row["num_failures"] == 0 and row["num_rejected"] == 0
-    assert row["bytes_gradients"] > 0 and row["bytes_activations"] > 0
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["split_mode"] == "splitfed_v2"
-    assert summary["final_accuracy"] > summary["initial_accuracy"]

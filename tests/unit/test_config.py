@@ -72,18 +72,34 @@ def group_options(group):
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", GROUPS)
-def test_config_every_hydra_option_maps_to_known_keys(group):
-    for option in group_options(group):
-        flat = compose_flat([f"{group}={option}"])
-        assert set(flat) <= set(default_run_config()), (group, option)
+@pytest.fixture(scope="module")
+def every_option():
+    """The flat run config of every option of every group, composed in one session."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fl_app.config import flatten_nested
+
+    composed = {}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for group in GROUPS:
+            for option in group_options(group):
+                cfg = compose("config", overrides=[f"{group}={option}"])
+                composed[group, option] = flatten_nested(
+                    OmegaConf.to_container(cfg, resolve=True)
+                )
+    return composed
 
 
-def test_config_hydra_keys_cover_every_run_config_key():
-    covered = set()
-    for group in GROUPS:
-        for option in group_options(group):
-            covered |= set(compose_flat([f"{group}={option}"]))
+def test_config_every_hydra_option_maps_to_known_keys(every_option):
+    assert {group for group, _ in every_option} == set(GROUPS)
+    known = set(default_run_config())
+    for (group, option), flat in every_option.items():
+        assert set(flat) <= known, (group, option)
+
+
+def test_config_hydra_keys_cover_every_run_config_key(every_option):
+    covered = set().union(*every_option.values())
     missing = set(default_run_config()) - covered - {"output-dir"}
     assert not missing
 
