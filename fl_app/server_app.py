@@ -58,6 +58,7 @@ from fl_app.config import (
     register_strategy_spec,
 )
 from fl_app.data import ArrayDataset, FederatedData, load_federated_data
+from fl_app.exchange import NodeExchange
 from fl_app.node_state import LINEAGE, RESUMED_FROM
 from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
@@ -573,6 +574,15 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
         ),
         strategy=wrapped,
     )
+    if (
+        cfg.clients_per_round < cfg.num_clients
+        or 0 < cfg.evaluate_clients_per_round < cfg.num_clients
+    ):
+        # partial participation: sample by partition id, from the seed and the round
+        exchange = NodeExchange(run)
+        exchange.discover(cfg.clients_per_round)
+        strategy.partition_of = dict(exchange.partitions)
+        strategy.sampling_seed = cfg.seed
     first_round, weights = 1, None
     if every or run.resumed is not None:
         # the nodes keep their state on disk under the run's lineage (node_state)

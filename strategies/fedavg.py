@@ -124,6 +124,10 @@ class FedAvg(FlowerFedAvg):
         self.uniform = uniform
         self.defence = defence
         self.attack = attack
+        # node id -> partition id: when set, clients are sampled by partition id
+        # from (sampling_seed, round), whatever the node ids (:meth:`by_partition`)
+        self.partition_of: dict[int, int] = {}
+        self.sampling_seed = 0
         self._round = 0  # the round being aggregated (note_round)
         # The model clients decode from what they were last sent (deltas add to it).
         self._reference: NDArrays = self._global
@@ -148,6 +152,38 @@ class FedAvg(FlowerFedAvg):
     def num_evaluation_clients(self, num_available_clients: int) -> tuple[int, int]:
         """Sample ``evaluate_clients_per_round / num_clients`` of the nodes left."""
         return _sample_size(num_available_clients, self.fraction_evaluate), 1
+
+    def by_partition(
+        self, client_manager: ClientManager, server_round: int, stream: int
+    ) -> ClientManager:
+        """Return ``client_manager``, sampling by partition id when ids are known.
+
+        Flower samples with ``random`` over node ids, which are random per run, so
+        the same seed trained different partitions in different runs. With
+        :attr:`partition_of` set, the available nodes are ordered by partition id
+        and ``count`` of them drawn with numpy's generator seeded by
+        ``(sampling_seed, server_round, stream)`` (0: training, 1: evaluation).
+        """
+        if not self.partition_of:
+            return client_manager
+        return _PartitionSampler(client_manager, self, server_round, stream)
+
+    def draw(
+        self,
+        available: dict[str, ClientProxy],
+        count: int,
+        server_round: int,
+        stream: int,
+    ) -> list[ClientProxy]:
+        """Draw ``count`` of the ``available`` proxies by partition id (seeded)."""
+        known = sorted(
+            (self.partition_of[proxy.node_id], cid)
+            for cid, proxy in available.items()
+            if proxy.node_id in self.partition_of
+        )
+        rng = np.random.default_rng([self.sampling_seed, server_round, stream])
+        chosen = rng.choice(len(known), size=min(count, len(known)), replace=False)
+        return [available[known[i][1]] for i in sorted(chosen)]
 
     # -- per-round record -------------------------------------------------------------
     def _record(self, server_round: int) -> dict[str, Any]:
@@ -253,7 +289,7 @@ class FedAvg(FlowerFedAvg):
         parameters = self._encode_download(parameters, self._global)
         instructions = []
         for proxy, ins in super().configure_fit(
-            server_round, parameters, client_manager
+            server_round, parameters, self.by_partition(client_manager, server_round, 0)
         ):
             sent, extra = self.client_parameters(server_round, parameters, proxy)
             instructions.append((proxy, FitIns(sent, {**ins.config, **extra})))
@@ -481,7 +517,7 @@ class FedAvg(FlowerFedAvg):
         parameters = self._encode_download(parameters)
         instructions = []
         for proxy, ins in super().configure_evaluate(
-            server_round, parameters, client_manager
+            server_round, parameters, self.by_partition(client_manager, server_round, 1)
         ):
             sent, extra = self.client_parameters(server_round, parameters, proxy)
             instructions.append((proxy, EvaluateIns(sent, {**ins.config, **extra})))
@@ -518,6 +554,29 @@ class FedAvg(FlowerFedAvg):
         record["federated_loss"] = loss
         record.update({f"federated_{k}": v for k, v in metrics.items()})
         return loss, metrics
+
+
+class _PartitionSampler:
+    """A client manager whose ``sample`` draws by partition id (``FedAvg.draw``)."""
+
+    def __init__(
+        self, manager: ClientManager, strategy: FedAvg, server_round: int, stream: int
+    ) -> None:
+        self._manager = manager
+        self._strategy = strategy
+        self._round = server_round
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+    def sample(
+        self, num_clients: int, min_num_clients: int | None = None, criterion=None
+    ) -> list[ClientProxy]:
+        """Draw ``num_clients`` of the nodes available now by partition id."""
+        return self._strategy.draw(
+            self._manager.all(), num_clients, self._round, self._stream
+        )
 
 
 def _sample_size(available: int, fraction: float) -> int:

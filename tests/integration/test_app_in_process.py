@@ -416,3 +416,40 @@ def test_an_attacked_round_stays_near_the_clean_one_under_the_norm_bound(tmp_pat
     assert row["attackers"] == [0] and row["num_clipped"] == 1
     assert row["clients"][0]["attacked"] == "scaled"
     assert summary_of(tmp_path / "defended")["clipped_updates"] == 1
+
+
+class OtherNodeIds(InProcessGrid):
+    """The same nodes under other ids, listed in another order (a new Flower run)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        old = list(self.contexts.values())
+        self.contexts = {}
+        for index, context in enumerate(reversed(old)):
+            context.node_id = 5000 + 2 * index  # partition 3 gets the lowest
+            self.contexts[context.node_id] = context
+
+
+def test_partial_participation_trains_the_same_partitions_whatever_the_node_ids(
+    tmp_path,
+):
+    partial = [
+        "model=softmax",
+        "num_clients=4",
+        "clients_per_round=2",
+        "evaluate_clients_per_round=2",
+        "num_rounds=3",
+        "save_model=false",
+    ]
+    run_in_process(partial, tmp_path / "a")
+    run_in_process(partial, tmp_path / "b", grid_class=OtherNodeIds)
+    a, b = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
+    trained = [
+        [c["partition_id"] for c in r["clients"] if "train_loss" in c] for r in a
+    ]
+    assert trained == [
+        [c["partition_id"] for c in r["clients"] if "train_loss" in c] for r in b
+    ]
+    assert all(len(pids) == 2 for pids in trained) and len(set(map(tuple, trained))) > 1
+    keys = ("central_accuracy", "central_loss", "train_loss", "federated_loss")
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
