@@ -18,7 +18,7 @@ Imports neither TensorFlow nor Flower's server.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,14 +92,7 @@ class DefenceConfig:
 
         if not self.active:
             return None
-        return Defence(
-            norm_bound=self.norm_bound,
-            norm_mode=self.norm_mode,
-            norm_action=self.norm_action,
-            max_examples=self.max_examples,
-            examples_mode=self.examples_mode,
-            equal_weights=self.equal_weights,
-        )
+        return Defence(**asdict(self))  # the same fields, by design
 
     def validate(self, run: RunConfig) -> None:
         """Refuse what hides updates from the server, and a relative bound below 1."""

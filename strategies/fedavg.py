@@ -366,15 +366,7 @@ class FedAvg(FlowerFedAvg):
                 continue
             update, reason = self._decode_update(proxy.node_id, res)
             if update is None:
-                record["num_rejected"] += 1
-                client["rejected"] = reason
-                log.warning(
-                    "round %d: rejected the update of client %s (node %d): %s",
-                    server_round,
-                    pid,
-                    proxy.node_id,
-                    reason,
-                )
+                self._reject(record, client, reason, proxy.node_id)
                 continue
             accepted.append((proxy.node_id, update, res.num_examples))
             accepted_metrics.append((res.num_examples, res.metrics))
@@ -404,6 +396,21 @@ class FedAvg(FlowerFedAvg):
         record.update(fit_metrics)
         metrics.update(fit_metrics)
         return ndarrays_to_parameters(self._global), metrics
+
+    @staticmethod
+    def _reject(
+        record: dict[str, Any], client: dict[str, Any], reason: str | None, node: int
+    ) -> None:
+        """Count a rejected update in the round's record and say why, per client."""
+        record["num_rejected"] += 1
+        client["rejected"] = reason
+        log.warning(
+            "round %d: rejected the update of client %s (node %d): %s",
+            record["round"],
+            client["partition_id"],
+            node,
+            reason,
+        )
 
     def reference_for(self, node_id: int) -> NDArrays:
         """Return the model node ``node_id`` was sent: its update's delta is to it."""
@@ -446,14 +453,7 @@ class FedAvg(FlowerFedAvg):
                 if invalid is not None:
                     update, reason = None, invalid
             if update is None:
-                record["num_rejected"] += 1
-                client["rejected"] = reason
-                log.warning(
-                    "round %d: rejected the update of client %s: %s",
-                    server_round,
-                    client["partition_id"],
-                    reason,
-                )
+                self._reject(record, client, reason, node)
                 continue
             if verdict.clipped or verdict.capped:
                 record["num_clipped"] += verdict.clipped
