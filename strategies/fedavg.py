@@ -499,13 +499,15 @@ class FedAvg(FlowerFedAvg):
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
-        """Evaluate the global model centrally and record the result."""
+        """Evaluate the global model centrally; record the result and its cost."""
+        started = time.perf_counter()
         result = super().evaluate(server_round, parameters)
         if result is not None and server_round > 0:
             loss, metrics = result
             record = self._record(server_round)
             record["central_loss"] = loss
             record.update({f"central_{k}": v for k, v in metrics.items()})
+            record["central_eval_s"] = time.perf_counter() - started
         return result
 
     def configure_evaluate(

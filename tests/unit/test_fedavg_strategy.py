@@ -116,7 +116,13 @@ def test_fedavg_fixed_order_gives_identical_result_for_shuffled_arrival():
 
 
 def test_fedavg_records_central_and_federated_evaluation():
-    strategy = make_strategy(evaluate_fn=lambda r, w, c: (0.5, {"accuracy": 0.9}))
+    import time
+
+    def evaluate_fn(r, w, c):
+        time.sleep(0.05)  # the central evaluation's cost is recorded
+        return 0.5, {"accuracy": 0.9}
+
+    strategy = make_strategy(evaluate_fn=evaluate_fn)
     strategy.evaluate(1, ndarrays_to_parameters(global_model()))
     evals = [
         (FakeProxy(1), EvaluateRes(OK, 1.0, 10, {"accuracy": 0.4, "partition_id": 0})),
@@ -127,6 +133,7 @@ def test_fedavg_records_central_and_federated_evaluation():
     assert loss == 1.75 and abs(metrics["accuracy"] - 0.7) < 1e-12
     record = strategy.pop_round_record(1)
     assert record["central_accuracy"] == 0.9 and record["central_loss"] == 0.5
+    assert 0.05 <= record["central_eval_s"] < 1
     assert record["federated_loss"] == 1.75 and record["num_failures"] == 1
     assert record["clients"][1]["val_accuracy"] == 0.8
 
