@@ -225,6 +225,12 @@ class FedAvg(FlowerFedAvg):
                 _describe(failure),
             )
 
+    @staticmethod
+    def _phase_time(record: dict[str, Any], mark: str, key: str) -> None:
+        """Record the seconds since ``mark`` (instructions out) as ``key``."""
+        if mark in record:
+            record[key] = time.perf_counter() - record.pop(mark)
+
     def note_round(self, key: str, value: Any) -> None:
         """Add ``key`` to the record of the round being aggregated."""
         self._record(self._round)[key] = value
@@ -232,7 +238,9 @@ class FedAvg(FlowerFedAvg):
     def pop_round_record(self, server_round: int) -> dict[str, Any]:
         """Return and forget the record of a finished round.
 
-        Keys: ``round``, ``wall_time_s``, ``bytes_up``, ``bytes_down``,
+        Keys: ``round``, ``wall_time_s``, ``fit_s`` and ``federated_eval_s`` (from
+        the instructions going out to the replies being aggregated),
+        ``central_eval_s``, ``bytes_up``, ``bytes_down``,
         ``num_failures``, ``num_rejected``, ``num_declined``, ``sparsity``
         (pruning), the aggregated fit metrics (``train_loss``, ``train_accuracy``),
         ``central_loss``/``central_accuracy``, ``federated_loss``/
@@ -242,6 +250,8 @@ class FedAvg(FlowerFedAvg):
         self._record(server_round)  # a round may have produced nothing to record
         record = self._records.pop(server_round)
         del record["bytes_down_by_node"]
+        for mark in ("_fit_sent", "_evaluate_sent"):  # a step that got no replies
+            record.pop(mark, None)
         record["wall_time_s"] = time.perf_counter() - record.pop("started")
         record["clients"] = [
             record["clients"][k] for k in sorted(record["clients"], key=_natural)
@@ -294,6 +304,7 @@ class FedAvg(FlowerFedAvg):
             sent, extra = self.client_parameters(server_round, parameters, proxy)
             instructions.append((proxy, FitIns(sent, {**ins.config, **extra})))
         self._count_download(server_round, instructions)
+        self._record(server_round)["_fit_sent"] = time.perf_counter()
         return instructions
 
     def _encode_download(
@@ -335,6 +346,7 @@ class FedAvg(FlowerFedAvg):
         """Validate each update, then average the accepted ones weighted by examples."""
         self._round = server_round
         record = self._record(server_round)
+        self._phase_time(record, "_fit_sent", "fit_s")
         self._count_failures(record, failures, "train")
         if failures and not results:
             raise RuntimeError(
@@ -524,6 +536,7 @@ class FedAvg(FlowerFedAvg):
             sent, extra = self.client_parameters(server_round, parameters, proxy)
             instructions.append((proxy, EvaluateIns(sent, {**ins.config, **extra})))
         self._count_download(server_round, instructions)
+        self._record(server_round)["_evaluate_sent"] = time.perf_counter()
         return instructions
 
     def aggregate_evaluate(
@@ -534,6 +547,7 @@ class FedAvg(FlowerFedAvg):
     ) -> tuple[float | None, dict[str, Scalar]]:
         """Average client evaluation loss and metrics weighted by examples."""
         record = self._record(server_round)
+        self._phase_time(record, "_evaluate_sent", "federated_eval_s")
         self._count_failures(record, failures, "evaluate")
         ordered = sorted(results, key=_client_order)
         for proxy, res in ordered:

@@ -453,3 +453,8 @@ def test_partial_participation_trains_the_same_partitions_whatever_the_node_ids(
     assert all(len(pids) == 2 for pids in trained) and len(set(map(tuple, trained))) > 1
     keys = ("central_accuracy", "central_loss", "train_loss", "federated_loss")
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    # each round's time split: training, federated and central evaluation
+    for r in a:
+        parts = r["fit_s"] + r["federated_eval_s"] + r["central_eval_s"]
+        assert min(r["fit_s"], r["federated_eval_s"], r["central_eval_s"]) > 0
+        assert parts <= r["wall_time_s"]
