@@ -128,3 +128,37 @@ def test_a_deadline_grid_drops_late_replies_and_counts_them():
     assert inner.timeouts == [7.5, 1.0]
     assert grid.pop_timeouts() == 2 and grid.pop_timeouts() == 0
     assert grid.get_node_ids() == [1, 2, 3]  # everything else is the grid's
+
+
+@pytest.mark.parametrize(
+    ("counts", "error"),
+    [
+        ([3, 6, 6, 10], None),  # Flower's simulation still registering its nodes
+        ([5], "is 10 but 5 SuperNode"),  # too few, and the count stopped changing
+        ([12], "is 10 but 12 SuperNode"),  # too many: other partitions; at once
+    ],
+)
+def test_a_simulation_waits_for_its_nodes_while_they_register(
+    monkeypatch, counts, error
+):
+    import flwr.superlink.grid.inmemory_grid as inmemory
+
+    from fl_app import server_app
+
+    class Registering:
+        def __init__(self):
+            self.calls = 0
+
+        def get_node_ids(self):
+            self.calls += 1
+            return list(range(counts[min(self.calls, len(counts)) - 1]))
+
+    monkeypatch.setattr(inmemory, "InMemoryGrid", Registering)
+    monkeypatch.setattr(server_app, "SIMULATION_SETTLE_S", 0.3)
+    grid = Registering()
+    if error is None:
+        server_app.wait_for_nodes(grid, 10)
+        assert grid.calls == 4
+    else:
+        with pytest.raises(RuntimeError, match=error):
+            server_app.wait_for_nodes(grid, 10)
