@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -53,6 +54,7 @@ def run_output_dir(output_dir: str, run_id: int) -> Path:
     return Path("outputs", f"flwr-run-{run_id}").resolve()
 
 
+@functools.cache
 def code_version() -> str:
     """Return the package version and a digest of ``fl_app``'s and ``strategies``'."""
     try:
@@ -216,7 +218,18 @@ def config_differences(
 
 
 def check_resumable(checkpoint: Checkpoint, run_config: Mapping[str, Any]) -> None:
-    """Refuse to resume ``checkpoint`` under a run config that differs from its own."""
+    """Refuse to resume ``checkpoint`` under a run config it cannot continue.
+
+    That is one that differs from the checkpoint's own in anything but the rounds,
+    or whose ``num-rounds`` the checkpoint has already reached.
+    """
+    rounds = run_config.get("num-rounds")
+    if isinstance(rounds, int) and checkpoint.round >= rounds:
+        raise CheckpointError(
+            f"resume: the run in {checkpoint.path.parent.parent} has finished "
+            f"{checkpoint.round} round(s), num-rounds is {rounds}; raise num-rounds "
+            "to go on"
+        )
     differ = config_differences(checkpoint.meta["run_config"], run_config)
     if differ:
         saved = checkpoint.meta["run_config"]

@@ -36,7 +36,6 @@ from flwr.serverapp import Grid, ServerApp
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.checkpoint import (
     Checkpoint,
-    CheckpointError,
     RunLock,
     check_resumable,
     code_version,
@@ -737,11 +736,6 @@ def resume_point(
         return None
     checkpoint = latest_checkpoint(output_dir)
     check_resumable(checkpoint, context.run_config)
-    if checkpoint.round >= cfg.num_rounds:
-        raise CheckpointError(
-            f"resume: the run in {output_dir} has finished {checkpoint.round} "
-            f"round(s), num-rounds is {cfg.num_rounds}; raise num-rounds to go on"
-        )
     if checkpoint.meta["code_version"] != code_version():
         log.warning(
             "resume: the checkpoint was written by code %s, this is %s",

@@ -247,10 +247,7 @@ class HeteroSlicingFedAvg(FedAvg):
         """Check the update against the shapes of the slice sent to that node."""
         if node_id not in self._sent:
             return "no slice was sent to this node"
-        expected = slice_weights(
-            self.global_parameters, self.layout, self.full_sizes, self._sent[node_id]
-        )
-        return check_update(expected, update)
+        return check_update(self.reference_for(node_id), update)
 
     def reference_for(self, node_id: int) -> NDArrays:
         """Return the slice the node was sent (its update's delta is to it)."""

@@ -101,6 +101,8 @@ def test_resuming_under_another_config_names_the_keys_that_differ(tmp_path):
     ]
     with pytest.raises(CheckpointError, match=r"seed: 1 -> 2.*only num-rounds"):
         check_resumable(checkpoint, {**CONFIG, "seed": 2})
+    with pytest.raises(CheckpointError, match="finished 2 round.*num-rounds is 2"):
+        check_resumable(checkpoint, {**CONFIG, "num-rounds": 2})
 
 
 def test_a_second_writer_of_an_output_directory_is_refused(tmp_path):
