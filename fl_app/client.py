@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
+from fl_app import timeline
 from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
 from fl_app.capacities import partition_capacity
 from fl_app.compression import ClientCodecs
@@ -209,10 +210,12 @@ class LocalTraining:
         client = self.client
         model, key = client.model(config)
         received = client.transport.receive(model, key, parameters)
+        timeline.mark("model_ready", partition=client.partition_id)
         declined = self.declined()
         if declined is not None:  # reply "no update", counted as no examples
             return client.transport.unchanged(received), 0, declined
         metrics = self.train(model, train_cfg, rng, augment)
+        timeline.mark("trained", partition=client.partition_id)
         if "width" in config:
             metrics["width"] = float(config["width"])
         return (
@@ -443,6 +446,7 @@ class KerasClient(NumPyClient):
             )
         self.transport = Transport(cfg, self.state)
         self.training = local_training_for(cfg)(self)
+        timeline.mark("client_ready", partition=partition_id)
 
     def row_counts(self) -> dict[str, Scalar]:
         """Real and generated training rows (``synthetic=gan``; else nothing)."""

@@ -1,8 +1,20 @@
-"""Flower ClientApp: one KerasClient per message, configured from the run config."""
+"""Flower ClientApp: one KerasClient per message, configured from the run config.
+
+Importing this module is cheap (Flower and the run config, no TensorFlow): in a
+deployment every message starts a fresh ClientApp process, and with ``warm-worker``
+on, :func:`warm_worker_mod` hands the message to the node's long-lived worker
+(:mod:`fl_app.warm_worker`), which runs :data:`local_app` with everything loaded.
+Without a worker (simulation, where Ray's workers stay warm anyway; a run with
+``warm-worker=false``; a node where none can start) the message runs here, and the
+first one imports the client's modules (:func:`load_features`).
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.client import Client
@@ -10,11 +22,22 @@ from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_
 from flwr.clientapp import ClientApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app import timeline
 from fl_app.capacities import partition_capacity
-from fl_app.client import KerasClient, node_partition
 from fl_app.config import ConfigError, RunConfig, parse_run_config
 from fl_app.exchange import handlers_mod
 from fl_app.node_state import node_state_mod
+
+log = logging.getLogger(__name__)
+
+
+def load_features() -> None:
+    """Import the client and the modules whose handlers ``handlers_mod`` routes to.
+
+    They import TensorFlow; importing them registers their message handlers
+    (``fl_app.exchange.register_handler``).
+    """
+    from fl_app import client, split_client, synthetic  # noqa: F401
 
 
 def client_fn(context: Context) -> Client:
@@ -23,6 +46,8 @@ def client_fn(context: Context) -> Client:
     The node config names either a partition of the run's dataset
     (``partition-id``, ``num-partitions``) or a file (``data-path``).
     """
+    from fl_app.client import KerasClient, node_partition
+
     cfg = parse_run_config(context.run_config)
     partition_id, data_path = node_partition(cfg, context.node_config, context.node_id)
     return KerasClient(
@@ -83,10 +108,57 @@ def privacy_mods(
     return handler(msg, context)
 
 
-# The modules whose message handlers handlers_mod routes to (register_handler).
-from fl_app import split_client, synthetic  # noqa: E402, F401
+def features_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Answer the workflows' own messages, else apply the run's privacy mods.
 
-# node_state_mod keeps the node's state on disk for resumed runs; handlers_mod
-# answers the workflows' own messages (split training, the synthetic GAN phase,
-# query.node_info) and passes the rest on.
-app = ClientApp(client_fn=client_fn, mods=[node_state_mod, handlers_mod, privacy_mods])
+    ``handlers_mod`` answers split training, the synthetic GAN phase and
+    ``query.node_info`` and passes the rest on, through :func:`privacy_mods`.
+    """
+    load_features()
+    return handlers_mod(msg, context, lambda m, c: privacy_mods(m, c, call_next))
+
+
+def in_clientapp_process() -> bool:
+    """Whether this process is Flower's per-message ``flwr-clientapp`` process."""
+    return Path(sys.argv[0]).name == "flwr-clientapp"
+
+
+def warm_worker_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """In a ``flwr-clientapp`` process, have the node's warm worker run the message.
+
+    With ``warm-worker`` off, outside such a process, or where no worker can be
+    started or reached, the message runs here (logged).
+    """
+    cfg = parse_run_config(context.run_config)
+    timeline.mark(
+        "clientapp_called",
+        node=context.node_id,
+        process_start=timeline.process_start_time(),
+        warm=cfg.warm_worker,
+    )
+    reply = None
+    if cfg.warm_worker and in_clientapp_process():
+        from fl_app import warm_worker
+
+        try:
+            path = warm_worker.socket_path(context.node_id)
+            reply = warm_worker.call(path, msg, context, cfg.warm_worker_idle_s)
+        except warm_worker.WorkerUnavailable as err:
+            log.warning(
+                "no warm worker (%s): this message runs in the ClientApp process", err
+            )
+    if reply is None:
+        reply = call_next(msg, context)
+    timeline.mark("clientapp_replied", node=context.node_id)
+    return reply
+
+
+# node_state_mod keeps the node's state on disk for resumed runs. The worker runs
+# local_app; a ClientApp process runs app, which hands the message to the worker.
+_MODS = [node_state_mod, features_mod]
+local_app = ClientApp(client_fn=client_fn, mods=_MODS)
+app = ClientApp(client_fn=client_fn, mods=[warm_worker_mod, *_MODS])

@@ -910,6 +910,10 @@ class RunConfig:
     )
     output_dir: str = setting("")
     save_model: bool = setting(True)
+    # deployment: each node's ClientApp hands messages to a warm worker
+    # (fl_app.warm_worker) that exits after this many idle seconds (0: never)
+    warm_worker: bool = setting(True)
+    warm_worker_idle_s: float = setting(600.0, ">= 0 seconds (0: never)", _non_negative)
     checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoint")
     dataset: DatasetConfig = section(DatasetConfig, "dataset")
     partition: PartitionConfig = section(PartitionConfig, "partition")
