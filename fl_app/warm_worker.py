@@ -333,13 +333,19 @@ def handle(conn: socket.socket, app) -> None:
     send_frames(conn, OK, *encode(reply, context))
 
 
-def serve(path: Path, idle_s: float, watch_pid: int | None) -> None:
-    """Listen on ``path``; run each message through the ClientApp until told to stop."""
-    from fl_app.client_app import load_features, local_app
+def serve(path: Path, idle_s: float, watch_pid: int | None, app=None) -> None:
+    """Listen on ``path``; run each message through ``app`` until told to stop.
 
-    load_features()  # import TensorFlow and the app before listening
-    # a stop signal (the SuperNode's process group) leaves through the finally below
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ``app`` defaults to :data:`fl_app.client_app.local_app`, with TensorFlow and the
+    client's modules imported before the worker listens.
+    """
+    if app is None:
+        from fl_app.client_app import load_features, local_app
+
+        load_features()
+        app = local_app
+        # a stop signal (the SuperNode's process group) leaves through the finally
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path.unlink(missing_ok=True)
     old_mask = os.umask(0o177)
@@ -372,7 +378,7 @@ def serve(path: Path, idle_s: float, watch_pid: int | None) -> None:
             with conn:
                 conn.settimeout(None)
                 try:
-                    handle(conn, local_app)
+                    handle(conn, app)
                 except (OSError, EOFError, ValueError) as err:
                     log.warning("dropped a request: %s", err)
             last = time.monotonic()

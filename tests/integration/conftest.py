@@ -19,6 +19,7 @@ FLOWER_PROCESS_MARKERS = (
     "raylet",
     "gcs_server",
     "ray::",
+    "fl_app.warm_worker",
 )
 
 

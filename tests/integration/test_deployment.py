@@ -6,7 +6,13 @@ file, and a node that dies in the middle of a round.
 """
 
 import json
+import os
+import shutil
+import signal
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +126,76 @@ def test_split_training_over_a_tls_authenticated_deployment(
     assert row["bytes_gradients"] > 0 and row["bytes_weights_up"] > 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_accuracy"] > summary["initial_accuracy"]
+
+
+def test_warm_workers_match_the_simulation_and_a_killed_worker_costs_one_round(
+    tmp_path, monkeypatch, request, no_leftover_processes
+):
+    from fl_app.launcher import run_app
+    from tests.inprocess import compose_run_config, run_in_process
+
+    overrides = [
+        "num_clients=2",
+        "clients_per_round=2",
+        "evaluate_clients_per_round=0",
+        "num_rounds=3",
+        # five epochs keep a worker busy for about a second: time to kill it
+        "client.local_epochs=5",
+        "save_model=false",
+        "checkpoint.every=0",
+    ]
+    timeline = tmp_path / "timeline.jsonl"
+    # a short path: a Unix socket's path has at most 107 bytes
+    workers = Path(tempfile.mkdtemp(prefix="fl-dnn-"))
+    request.addfinalizer(lambda: shutil.rmtree(workers, ignore_errors=True))
+    monkeypatch.setenv("FL_DNN_TIMELINE", str(timeline))
+    monkeypatch.setenv("FL_DNN_WORKER_DIR", str(workers))
+    killed = []
+
+    def kill_node0s_worker_in_round_2():
+        # the worker marks "client_ready" (with its pid) before it trains
+        while not killed:
+            marks = [
+                json.loads(line)
+                for line in (
+                    timeline.read_text() if timeline.exists() else ""
+                ).splitlines()
+                if '"client_ready"' in line and '"partition": 0' in line
+            ]
+            if len(marks) == 2:
+                os.kill(marks[1]["pid"], signal.SIGKILL)
+                killed.append(marks[1]["pid"])
+            time.sleep(0.02)
+
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    with LocalDeployment(nodes) as deployment:
+        threading.Thread(target=kill_node0s_worker_in_round_2, daemon=True).start()
+        run_app(
+            deployment.link,
+            compose_run_config(overrides),
+            output_dir=tmp_path / "run",
+            timeout_s=300,
+            echo=lambda line: None,
+        )
+    rows = read_rows(tmp_path / "run")
+    marks = [json.loads(line) for line in timeline.read_text().splitlines()]
+    ready = [m for m in marks if m["event"] == "client_ready"]
+    called = [m for m in marks if m["event"] == "clientapp_called"]
+    # every message went through a worker, not the ClientApp process
+    assert len(ready) == 6 and {m["pid"] for m in ready}.isdisjoint(
+        m["pid"] for m in called
+    )
+    # round 1 is the simulation's round 1 of the same seed
+    run_in_process([*overrides, "num_rounds=1"], tmp_path / "sim")
+    (simulated,) = read_rows(tmp_path / "sim")
+    assert rows[0]["central_accuracy"] == simulated["central_accuracy"]
+    assert rows[0]["central_loss"] == pytest.approx(simulated["central_loss"], 1e-5)
+    # the killed worker cost node 0 its round-2 reply; round 3 had both nodes again,
+    # node 0 served by a new worker
+    assert rows[1]["num_failures"] == 1
+    assert [c["partition_id"] for c in rows[1]["clients"]] == [1]
+    assert rows[2]["num_failures"] == 0
+    assert sorted(c["partition_id"] for c in rows[2]["clients"]) == [0, 1]
+    node0 = [m["pid"] for m in ready if m["partition"] == 0]
+    assert killed == [node0[1]] and node0[2] != node0[1]
+    assert rows[2]["central_accuracy"] > rows[0]["central_accuracy"]

@@ -21,9 +21,20 @@ def modules_after_import(module):
 
 
 def test_client_app_pulls_in_nothing_from_strategies():
-    loaded = modules_after_import("fl_app.client_app")
+    # the modules a message runs (load_features), not only the thin app module
+    loaded = modules_after_import(
+        "fl_app.client_app; fl_app.client_app.load_features()"
+    )
     assert "fl_app.client" in loaded  # the check would see a real import
     assert not {m for m in loaded if m.split(".")[0] == "strategies"}
+
+
+def test_the_clientapp_module_imports_no_tensorflow():
+    # a deployment starts a process per message: the app it loads stays thin and
+    # hands the message to the node's warm worker (fl_app.warm_worker)
+    loaded = modules_after_import("fl_app.client_app")
+    assert "flwr.clientapp" in loaded and "fl_app.node_state" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("tensorflow", "sklearn")}
 
 
 def test_server_app_does_not_import_the_client_module():
