@@ -476,9 +476,14 @@ class DeadlineGrid:
                 messages, timeout=self.timeout_s if timeout is None else timeout
             )
         )
-        answered = {reply.metadata.src_node_id for reply in replies}
-        late = [m.metadata.dst_node_id for m in messages]
-        late = [node for node in late if node not in answered]
+        # by message: the SuperLink's own error replies (a node it found
+        # unavailable) come from the SuperLink's node id, not the destination's
+        answered = {reply.metadata.reply_to_message_id for reply in replies}
+        late = [
+            m.metadata.dst_node_id
+            for m in messages
+            if m.metadata.message_id not in answered
+        ]
         if late:
             log.warning(
                 "node(s) %s did not reply within round-timeout %g s; going on "
