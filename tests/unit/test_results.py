@@ -99,10 +99,19 @@ def test_a_deadline_grid_drops_late_replies_and_counts_them():
     from fl_app.server_app import DeadlineGrid
 
     def message(dst):
-        return SimpleNamespace(metadata=SimpleNamespace(dst_node_id=dst))
+        return SimpleNamespace(
+            metadata=SimpleNamespace(dst_node_id=dst, message_id=f"m{dst}")
+        )
+
+    def reply(m, src):
+        return SimpleNamespace(
+            metadata=SimpleNamespace(
+                src_node_id=src, reply_to_message_id=m.metadata.message_id
+            )
+        )
 
     class Slow:
-        """Node 2 never answers in time; the grid returns what arrived."""
+        """Node 2 never answers in time; node 4 is answered for by the SuperLink."""
 
         def __init__(self):
             self.timeouts = []
@@ -113,19 +122,20 @@ def test_a_deadline_grid_drops_late_replies_and_counts_them():
         def send_and_receive(self, messages, *, timeout=None):
             self.timeouts.append(timeout)
             return [
-                SimpleNamespace(
-                    metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id)
-                )
+                # the SuperLink's error reply for an unavailable node: from node 0
+                reply(m, 0 if m.metadata.dst_node_id == 4 else m.metadata.dst_node_id)
                 for m in messages
                 if m.metadata.dst_node_id != 2
             ]
 
     inner = Slow()
     grid = DeadlineGrid(inner, 7.5)
-    replies = grid.send_and_receive(iter([message(1), message(2), message(3)]))
-    assert [r.metadata.src_node_id for r in replies] == [1, 3]
+    sent = [message(1), message(2), message(3), message(4)]
+    replies = grid.send_and_receive(iter(sent))
+    assert [r.metadata.src_node_id for r in replies] == [1, 3, 0]
     grid.send_and_receive([message(2)], timeout=1.0)  # an explicit timeout wins
     assert inner.timeouts == [7.5, 1.0]
+    # node 2 twice; node 4 had its (error) reply in time
     assert grid.pop_timeouts() == 2 and grid.pop_timeouts() == 0
     assert grid.get_node_ids() == [1, 2, 3]  # everything else is the grid's
 
