@@ -134,12 +134,13 @@ def warm_worker_mod(
     started or reached, the message runs here (logged).
     """
     cfg = parse_run_config(context.run_config)
-    timeline.mark(
-        "clientapp_called",
-        node=context.node_id,
-        process_start=timeline.process_start_time(),
-        warm=cfg.warm_worker,
-    )
+    if timeline.enabled():
+        timeline.mark(
+            "clientapp_called",
+            node=context.node_id,
+            process_start=timeline.process_start_time(),
+            warm=cfg.warm_worker,
+        )
     reply = None
     if cfg.warm_worker and in_clientapp_process():
         from fl_app import warm_worker

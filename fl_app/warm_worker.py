@@ -265,8 +265,8 @@ def call(path: Path, message: Message, context: Context, idle_s: float) -> Messa
     WorkerRefused
         The worker answered with an error (the app raised; the text says what).
     """
-    conn = connect_or_start(path, idle_s)
     frames = encode(message, context)
+    conn = connect_or_start(path, idle_s)
     with conn:
         try:
             send_frames(conn, *frames)
