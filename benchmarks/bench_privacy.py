@@ -15,6 +15,7 @@ round unless said otherwise, federated evaluation off):
   Flower's server-side fixed-clipping wrapper, against the same run without DP.
 
     uv run python benchmarks/bench_privacy.py --out privacy.json
+    uv run python benchmarks/bench_privacy.py --only client-level --out FILE
 
 FILE keys: ``complete`` (false while runs remain: the file is rewritten after each
 run), ``rows`` (one per run: dataset, kind, epsilon — the largest per-client
@@ -139,8 +140,13 @@ def summarize(rows: list[dict], complete: bool) -> dict:
 
 def main() -> None:
     parser = bench_parser(__doc__, rounds=None)
+    parser.add_argument(
+        "--only",
+        choices=("client-level",),
+        help="run only the client-level DP pair (500 synthetic clients)",
+    )
     args = parser.parse_args()
-    runs = RUNS + CLIENT_LEVEL
+    runs = CLIENT_LEVEL if args.only == "client-level" else RUNS + CLIENT_LEVEL
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         for i, (dataset, kind, overrides) in enumerate(runs):
@@ -158,6 +164,8 @@ def main() -> None:
             summary = summarize(rows, complete=i == len(runs) - 1)
             write_json(args.out, summary)
     print(f"synthetic_drop_at_eps8_points {summary['synthetic_drop_at_eps8_points']}")
+    for r in summary["client_level"]:
+        print(f"client level {r['kind']:8s} eps {r['epsilon']} acc {r['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

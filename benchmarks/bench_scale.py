@@ -11,10 +11,14 @@ the federation's size.
 Per run: ``peak_rss_gb`` (the whole process tree: every process carrying the
 launch's ``FL_DNN_LAUNCH`` marker, i.e. the SuperLink, ``flwr-simulation`` and
 Ray, plus this process; sampled every 0.5 s), ``total_s`` (launch to results),
+``outside_rounds_s`` (start-up and shut-down: ``total_s`` less every round),
 ``round1_s``, ``steady_round_s`` (median of rounds 2..N) and its split (medians):
 ``fit_s`` (training: instructions out to replies aggregated), ``federated_eval_s``,
-``central_eval_s``, ``overhead_s`` (the rest of the round). Ratios against the
-10-client run: ``rss_ratio_<n>_vs_10``, ``round_ratio_<n>_vs_10``.
+``central_eval_s`` (on the central test set: the held-out rows of the first
+``dataset-test-clients`` = 100 clients, ``central_test_rows``), ``overhead_s`` (the
+rest of the round: Flower's simulation engine and the server's own work between
+steps). Ratios against the 10-client run: ``rss_ratio_<n>_vs_10``,
+``round_ratio_<n>_vs_10``.
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ def run(clients: int, rounds: int, workdir: Path) -> dict:
         "clients": clients,
         "peak_rss_gb": rss.peak / 1e9,
         "total_s": total,
+        "outside_rounds_s": total - sum(r["wall_time_s"] for r in rows),
+        "central_test_rows": outcome.summary.get("central_test_rows"),
         "round1_s": rows[0]["wall_time_s"],
         "steady_round_s": round_s,
         **split,
@@ -124,7 +130,9 @@ def main() -> None:
             runs[str(n)] = found = run(n, args.rounds, Path(tmp))
             print(
                 f"{n:6d} clients: peak RSS {found['peak_rss_gb']:.2f} GB, total "
-                f"{found['total_s']:.1f} s, round 1 {found['round1_s']:.2f} s, steady "
+                f"{found['total_s']:.1f} s (outside rounds "
+                f"{found['outside_rounds_s']:.1f} s), round 1 "
+                f"{found['round1_s']:.2f} s, steady "
                 f"{found['steady_round_s']:.2f} s (fit {found['fit_s']:.2f}, fed eval "
                 f"{found['federated_eval_s']:.2f}, central eval "
                 f"{found['central_eval_s']:.2f}, rest {found['overhead_s']:.2f})",

@@ -29,7 +29,12 @@ from fl_app.augmentation import Augmenter, check_image_input, make_augmenter
 from fl_app.capacities import partition_capacity
 from fl_app.compression import ClientCodecs
 from fl_app.config import ClientConfig, ConfigError, RunConfig, parse_run_config
-from fl_app.data import ClientData, load_client_file, load_federated_data
+from fl_app.data import (
+    ClientData,
+    load_central_data,
+    load_client_data,
+    load_client_file,
+)
 from fl_app.exchange import INFO, info_reply, register_handler
 from fl_app.personalization import (
     PersonalState,
@@ -82,12 +87,10 @@ def client_data(
     ``data_path``: a SuperNode's own ``.npz`` (see :func:`fl_app.data.load_client_file`)
     instead of partition ``partition_id`` of the run's dataset.
     """
-    data = load_federated_data(cfg)
-    rows = (
-        load_client_file(data_path, data.input_shape, data.num_classes)
-        if data_path
-        else data.clients[partition_id]
-    )
+    if not data_path:
+        return load_client_data(cfg, partition_id)
+    data = load_central_data(cfg)
+    rows = load_client_file(data_path, data.input_shape, data.num_classes)
     return rows, data.input_shape, data.num_classes
 
 

@@ -211,6 +211,10 @@ class DatasetConfig:
     )
     dim: int = setting(60, ">= 1", _positive)
     num_classes: int = setting(10, ">= 2", lambda v: v >= 2)
+    # synthetic: the central test set is the held-out rows of the first this many
+    # clients (all of them when there are fewer), so it does not grow with the
+    # number of clients
+    test_clients: int = setting(100, ">= 1", _positive)
 
     def validate(self, run: RunConfig) -> None:
         """Check the held-out fractions together."""

@@ -57,7 +57,7 @@ from fl_app.config import (
     parse_run_config,
     register_strategy_spec,
 )
-from fl_app.data import ArrayDataset, FederatedData, load_federated_data
+from fl_app.data import ArrayDataset, CentralData, load_central_data
 from fl_app.exchange import NodeExchange
 from fl_app.node_state import LINEAGE, RESUMED_FROM
 from fl_app.personalization import local_weight_mask
@@ -414,7 +414,7 @@ class ServerRun:
     cfg: RunConfig
     context: Context
     grid: Grid
-    data: FederatedData
+    data: CentralData
     key: ModelKey  # the global model's (plain, never pruning-wrapped)
     model: keras.Model
     strategy: FedAvg
@@ -689,6 +689,7 @@ def central_summary(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
         "final_accuracy": final[1],
         "final_loss": final[0],
         "initial_accuracy": run.central.results.get(0, (None, None))[1],
+        "central_test_rows": len(run.data.test),
         "dataset": run.cfg.dataset.name,
         "partition": run.cfg.partition.name,
         "strategy": run.cfg.strategy,
@@ -830,7 +831,7 @@ def run_server(
     wait_for_nodes(grid, cfg.num_clients)
     grid = tune_grid(grid)
 
-    data = load_federated_data(cfg)
+    data = load_central_data(cfg)
     # The server evaluates plain models: pruning wrappers and client techniques'
     # optimizer hooks are a client's training aids.
     key = replace(

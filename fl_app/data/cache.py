@@ -15,8 +15,9 @@ set and ``meta.json``. Entries are written to a temporary directory and renamed 
 place, so a reader never sees half an entry; an entry that does not load is logged
 and rebuilt.
 
-Only data built on this machine is cached (``digits``, ``synthetic``): hub datasets
-have Hugging Face's own cache. ``FL_DNN_DATA_CACHE`` sets the directory (default
+Only ``digits`` is cached: hub datasets have Hugging Face's own cache, and
+``synthetic`` data is generated per client on demand (``fl_app.data.federated``).
+``FL_DNN_DATA_CACHE`` sets the directory (default
 ``$XDG_CACHE_HOME/fl-dnn/data``, else ``~/.cache/fl-dnn/data``); ``off`` disables it.
 """
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "FL_DNN_DATA_CACHE"
 FORMAT = 1
-CACHED_DATASETS = frozenset({"digits", "synthetic"})
+CACHED_DATASETS = frozenset({"digits"})
 _BUILDERS = ("datasets.py", "partitioning.py", "federated.py", "cache.py")
 _LIBRARIES = ("numpy", "scikit-learn", "flwr-datasets")
 

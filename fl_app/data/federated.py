@@ -1,9 +1,17 @@
 """The federated view of a dataset: per-client train/validation and a central test set.
 
-:func:`load_federated_data` is cached per process (a Ray worker computes the
-partitions once and serves every client from memory) and, for data built on this
-machine, on disk (:mod:`fl_app.data.cache`): the first process builds, the others
-and later runs memory-map the result.
+A client needs only its own rows (:func:`load_client_data`) and the server only the
+central test set (:func:`load_central_data`):
+
+- ``synthetic`` data is generated per client on demand
+  (:class:`fl_app.data.datasets.SyntheticClients`, one generator walk per process),
+  so no process holds every client's rows; the central test set is the held-out
+  rows of the first ``dataset.test_clients`` clients;
+- a pooled dataset (``digits``, hub datasets) is split by a partitioner that needs
+  every row's label, so its whole federated view is built, cached per process (a Ray
+  worker serves every client from it) and, for ``digits``, on disk
+  (:mod:`fl_app.data.cache`): the first process builds, the others and later runs
+  memory-map the result and touch only the rows they read.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 from fl_app.config import DatasetConfig, PartitionConfig, RunConfig
 from fl_app.data.datasets import (
     ArrayDataset,
-    generate_synthetic,
+    SyntheticClients,
     load_digits,
     load_hub,
 )
@@ -36,10 +44,9 @@ class ClientData:
 
 
 @dataclass(frozen=True)
-class FederatedData:
-    """All clients' data plus the server's central test set."""
+class CentralData:
+    """The server's view: the central test set and the data's shape."""
 
-    clients: tuple[ClientData, ...]
     test: ArrayDataset
     input_shape: tuple[int, ...]
     num_classes: int
@@ -48,6 +55,13 @@ class FederatedData:
     def is_image(self) -> bool:
         """Whether the features are images ``(h, w, c)`` rather than vectors."""
         return len(self.input_shape) == 3
+
+
+@dataclass(frozen=True)
+class FederatedData(CentralData):
+    """All clients' data plus the server's central test set."""
+
+    clients: tuple[ClientData, ...] = ()
 
 
 def split_rows(
@@ -74,15 +88,44 @@ def _stratified_split(
     return data.take(np.sort(train_idx)), data.take(np.sort(test_idx))
 
 
+def _client_split(pool: ArrayDataset, val_fraction: float, seed: int, pid: int):
+    train, val = split_rows(pool, val_fraction, np.random.default_rng([seed, pid]))
+    return ClientData(train=train, val=val)
+
+
 def _client_splits(
     pools: list[ArrayDataset], val_fraction: float, seed: int
 ) -> tuple[ClientData, ...]:
-    clients = []
-    for pid, pool in enumerate(pools):
-        rng = np.random.default_rng([seed, pid])
-        train, val = split_rows(pool, val_fraction, rng)
-        clients.append(ClientData(train=train, val=val))
-    return tuple(clients)
+    return tuple(
+        _client_split(pool, val_fraction, seed, pid) for pid, pool in enumerate(pools)
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic(dataset: DatasetConfig, num_clients: int, seed: int) -> SyntheticClients:
+    return SyntheticClients(dataset, num_clients, seed)
+
+
+def _synthetic_rows(
+    dataset: DatasetConfig, num_clients: int, seed: int, pid: int
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Return synthetic client ``pid``'s ``(pool, held-out test rows)``."""
+    data = _synthetic(dataset, num_clients, seed).client(pid)
+    return split_rows(
+        data, dataset.test_fraction, np.random.default_rng([seed, pid, 1])
+    )
+
+
+def _synthetic_test(
+    dataset: DatasetConfig, num_clients: int, seed: int
+) -> ArrayDataset:
+    tests = [
+        _synthetic_rows(dataset, num_clients, seed, pid)[1]
+        for pid in range(min(num_clients, dataset.test_clients))
+    ]
+    return ArrayDataset(
+        np.concatenate([t.x for t in tests]), np.concatenate([t.y for t in tests])
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -104,17 +147,11 @@ def _build(
     dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
 ) -> FederatedData:
     if dataset.name == "synthetic":
-        generated = generate_synthetic(dataset, num_clients, seed)
-        pools, tests = [], []
-        for pid, data in enumerate(generated):
-            rest, test = split_rows(
-                data, dataset.test_fraction, np.random.default_rng([seed, pid, 1])
-            )
-            pools.append(rest)
-            tests.append(test)
-        test = ArrayDataset(
-            np.concatenate([t.x for t in tests]), np.concatenate([t.y for t in tests])
-        )
+        pools = [
+            _synthetic_rows(dataset, num_clients, seed, pid)[0]
+            for pid in range(num_clients)
+        ]
+        test = _synthetic_test(dataset, num_clients, seed)
         num_classes = dataset.num_classes
     else:
         if dataset.name == "digits":
@@ -143,8 +180,48 @@ def _build(
 
 
 def load_federated_data(cfg: RunConfig) -> FederatedData:
-    """Return the (process-cached) federated data for a run configuration."""
+    """Return every client's data and the central test set (process-cached).
+
+    For a view of every client at once (tests, benchmarks); a client process reads
+    :func:`load_client_data`, the server :func:`load_central_data`.
+    """
     return _load(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
+
+
+def load_client_data(
+    cfg: RunConfig, partition_id: int
+) -> tuple[ClientData, tuple[int, ...], int]:
+    """Return partition ``partition_id``'s rows and the data's input shape and classes.
+
+    Synthetic data generates only this client; a pooled dataset is partitioned
+    whole (its partitioner needs every label) and cached per process.
+    """
+    ds = cfg.dataset
+    if ds.name == "synthetic":
+        pool, _ = _synthetic_rows(ds, cfg.num_clients, cfg.seed, partition_id)
+        rows = _client_split(pool, ds.val_fraction, cfg.seed, partition_id)
+        return rows, (ds.dim,), ds.num_classes
+    data = load_federated_data(cfg)
+    return data.clients[partition_id], data.input_shape, data.num_classes
+
+
+@functools.lru_cache(maxsize=4)
+def _central(
+    dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
+) -> CentralData:
+    if dataset.name == "synthetic":
+        test = _synthetic_test(dataset, num_clients, seed)
+        return CentralData(test, (dataset.dim,), dataset.num_classes)
+    data = _load(dataset, partition, num_clients, seed)
+    return CentralData(data.test, data.input_shape, data.num_classes)
+
+
+def load_central_data(cfg: RunConfig) -> CentralData:
+    """Return the central test set and the data's shape (process-cached).
+
+    Synthetic data generates only the test clients' held-out rows.
+    """
+    return _central(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
 
 
 def prepare_federated_data(cfg: RunConfig) -> bool:

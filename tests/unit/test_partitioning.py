@@ -111,3 +111,60 @@ def test_federated_data_synthetic_iid_and_sizes():
     assert data.input_shape == (60,) and data.num_classes == 10
     assert all(len(c.train) + len(c.val) == 160 for c in data.clients)  # 200 - 20% test
     assert len(data.test) == 4 * 40
+
+
+def synthetic_cfg(num_clients, iid=True, **extra):
+    return parse_run_config(
+        {
+            "dataset": "synthetic",
+            "partition": "natural",
+            "model": "softmax",
+            "dataset-iid": iid,
+            "dataset-samples-per-client": 50,
+            "num-clients": num_clients,
+            "clients-per-round": 1,
+            "evaluate-clients-per-round": 0,
+            **extra,
+        }
+    )
+
+
+@pytest.mark.parametrize("iid", [True, False])
+def test_a_client_generates_only_its_own_rows_equal_to_the_whole_view(iid):
+    from fl_app.data import federated
+
+    cfg = synthetic_cfg(30, iid)
+    whole = load_federated_data(cfg)
+    federated._synthetic.cache_clear()
+    rows, shape, classes = federated.load_client_data(cfg, 7)
+    assert shape == (60,) and classes == 10
+    np.testing.assert_array_equal(rows.train.x, whole.clients[7].train.x)
+    np.testing.assert_array_equal(rows.val.y, whole.clients[7].val.y)
+    # the stream was walked to client 7, no further, and nothing else is kept
+    walked = federated._synthetic(cfg.dataset, 30, cfg.seed)
+    assert len(walked._states) == 8
+
+
+def test_a_pooled_client_reads_its_partition_of_the_whole_view():
+    from fl_app.data import load_client_data
+
+    cfg = parse_run_config({})
+    rows, shape, classes = load_client_data(cfg, 3)
+    assert rows is load_federated_data(cfg).clients[3]
+    assert shape == (8, 8, 1) and classes == 10
+
+
+def test_the_synthetic_central_test_set_does_not_grow_with_the_clients():
+    from fl_app.data import federated, load_central_data
+
+    few = load_central_data(synthetic_cfg(20))
+    assert len(few.test) == 20 * 10  # every client's 20 % while there are fewer
+    assert len(load_federated_data(synthetic_cfg(20)).test) == len(few.test)
+    federated._synthetic.cache_clear()
+    many = load_central_data(synthetic_cfg(5000, iid=False))
+    assert len(many.test) == 100 * 10  # the first dataset-test-clients (100)
+    # the server generated the test clients only
+    walked = federated._synthetic(synthetic_cfg(5000, iid=False).dataset, 5000, 42)
+    assert len(walked._states) == 100
+    some = load_central_data(synthetic_cfg(5000, **{"dataset-test-clients": 7}))
+    assert len(some.test) == 70
