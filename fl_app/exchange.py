@@ -77,6 +77,9 @@ class RoundTally:
             per_node[node] = per_node.get(node, 0) + size
 
 
+DISCOVER_BATCH = 256  # nodes asked for their partition id at once
+
+
 class NodeExchange:
     """Typed messages to the run's nodes through ``run.grid``, by partition id.
 
@@ -132,14 +135,20 @@ class NodeExchange:
         return replies
 
     def discover(self, needed: int) -> None:
-        """Ask every node for its partition id (sampling is by partition id)."""
+        """Ask every node for its partition id (sampling is by partition id).
+
+        In batches of :data:`DISCOVER_BATCH` nodes: a grid's wait for replies scans
+        every message still pending at each poll, which made one exchange with
+        10,000 nodes quadratic (Flower's ``InMemoryLinkState.get_message_res``).
+        """
         tally = RoundTally()
-        replies = self.exchange(
-            {node: RecordDict() for node in self.run.grid.get_node_ids()},
-            INFO,
-            0,
-            tally,
-        )
+        nodes = list(self.run.grid.get_node_ids())
+        replies: dict[int, RecordDict] = {}
+        for start in range(0, len(nodes), DISCOVER_BATCH):
+            batch = nodes[start : start + DISCOVER_BATCH]
+            replies |= self.exchange(
+                {node: RecordDict() for node in batch}, INFO, 0, tally
+            )
         for node, content in replies.items():
             try:
                 self.partitions[node] = int(

@@ -172,3 +172,41 @@ def test_a_simulation_waits_for_its_nodes_while_they_register(
     else:
         with pytest.raises(RuntimeError, match=error):
             server_app.wait_for_nodes(grid, 10)
+
+
+def test_partition_ids_are_asked_in_batches_and_every_node_is_mapped():
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fl_app import exchange
+    from fl_app.config import parse_run_config
+    from tests.inprocess import server_identity
+
+    class Grid:
+        """600 nodes; node n holds partition 599 - n; each exchange is recorded."""
+
+        def __init__(self):
+            self.batches = []
+
+        def get_node_ids(self):
+            return list(range(1, 601))
+
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            self.batches.append(len(messages))
+            replies = []
+            for m in messages:
+                info = ConfigRecord({"partition_id": 600 - m.metadata.dst_node_id})
+                reply = Message(RecordDict({"info": info}), reply_to=m)
+                reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+                replies.append(reply)
+            return replies
+
+    grid = Grid()
+    run = SimpleNamespace(cfg=parse_run_config({}), grid=grid)
+    with server_identity(3):
+        found = exchange.NodeExchange(run)
+        found.discover(600)
+    assert grid.batches == [exchange.DISCOVER_BATCH] * 2 + [600 - 2 * 256]
+    assert found.partitions == {n: 600 - n for n in range(1, 601)}
