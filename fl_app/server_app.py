@@ -630,7 +630,13 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
     ):
         # partial participation: sample by partition id, from the seed and the round
         exchange = NodeExchange(run)
+        asked = time.perf_counter()
         exchange.discover(cfg.clients_per_round)
+        log.info(
+            "partition ids of %d nodes in %.1f s",
+            len(exchange.partitions),
+            time.perf_counter() - asked,
+        )
         strategy.partition_of = dict(exchange.partitions)
         strategy.sampling_seed = cfg.seed
     first_round, weights = 1, None
@@ -829,6 +835,11 @@ def run_server(
     np.random.seed(cfg.seed)  # Flower's DP wrappers draw noise from numpy's global RNG
     workflow = build_workflow(cfg)
     wait_for_nodes(grid, cfg.num_clients)
+    log.info(
+        "%d nodes connected %.1f s after the ServerApp started",
+        cfg.num_clients,
+        time.perf_counter() - started,
+    )
     grid = tune_grid(grid)
 
     data = load_central_data(cfg)
