@@ -88,7 +88,9 @@ def _stratified_split(
     return data.take(np.sort(train_idx)), data.take(np.sort(test_idx))
 
 
-def _client_split(pool: ArrayDataset, val_fraction: float, seed: int, pid: int):
+def _client_split(
+    pool: ArrayDataset, val_fraction: float, seed: int, pid: int
+) -> ClientData:
     train, val = split_rows(pool, val_fraction, np.random.default_rng([seed, pid]))
     return ClientData(train=train, val=val)
 
@@ -228,7 +230,7 @@ def prepare_federated_data(cfg: RunConfig) -> bool:
     """Build a run's federated data into the on-disk cache, if it is cacheable.
 
     Keeps nothing in memory. Returns whether the cache now holds it (``False`` for
-    hub datasets and with the cache off, which this leaves alone).
+    hub and synthetic datasets and with the cache off, which this leaves alone).
     """
     from fl_app.data.cache import cacheable, cached
 
