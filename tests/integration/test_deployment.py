@@ -1,9 +1,11 @@
 """A real deployment on localhost: SuperLink + SuperNodes, TLS, node authentication.
 
-One deployment, one run, everything a secure deployment must survive at once: TLS on
-every connection, an unregistered SuperNode refused, a node that brings its own data
-file, a node that dies in the middle of a round, and a node's warm worker killed while
-it trains.
+One deployment, everything a secure deployment must survive at once: TLS on every
+connection, an unregistered SuperNode refused, a node that brings its own data file,
+split training (many messages per round, each a fresh ClientApp process), then a
+run in which a node's warm worker is killed while it trains and a node dies in the
+middle of a round. One deployment for both runs keeps the suite's time: the split
+run starts the nodes' warm workers, which the second run finds warm.
 """
 
 import json
@@ -28,17 +30,22 @@ pytestmark = pytest.mark.slow
 KILLED, REFUSED = 2, 3
 
 
-def worker_killer(timeline: Path, partition: int, nth: int, killed: list) -> None:
-    """Kill the warm worker serving ``partition`` as it starts its ``nth`` message.
+def worker_killer(
+    timeline: Path, partition: int, nth: int, since: float, killed: list
+) -> None:
+    """Kill the warm worker serving ``partition`` as it starts its ``nth`` message
+    after time ``since``.
 
     A worker marks ``client_ready`` (with its pid) before it trains.
     """
     while not killed:
         text = timeline.read_text() if timeline.exists() else ""
         marks = [
-            json.loads(line)
-            for line in text.splitlines()
-            if '"client_ready"' in line and f'"partition": {partition}' in line
+            mark
+            for mark in map(json.loads, text.splitlines())
+            if mark["event"] == "client_ready"
+            and mark.get("partition") == partition
+            and mark["t"] >= since
         ]
         if len(marks) == nth:
             os.kill(marks[-1]["pid"], signal.SIGKILL)
@@ -46,7 +53,7 @@ def worker_killer(timeline: Path, partition: int, nth: int, killed: list) -> Non
         time.sleep(0.02)
 
 
-def test_tls_authenticated_deployment_survives_killed_nodes_and_workers(
+def test_tls_authenticated_deployment_split_training_and_killed_nodes_and_workers(
     tmp_path, request, no_leftover_processes
 ):
     from tests.inprocess import run_in_process
@@ -61,16 +68,20 @@ def test_tls_authenticated_deployment_survives_killed_nodes_and_workers(
         {"partition-id": 2, "num-partitions": 3},  # killed in round 3
         {"partition-id": 1, "num-partitions": 3},  # never registered
     ]
-    overrides = [
+    connect = [
+        "simulation=deployment",
         "num_clients=3",
         "clients_per_round=3",
         "evaluate_clients_per_round=0",
+    ]
+    overrides = [
+        *connect[1:],
         "num_rounds=3",
         # five epochs keep a worker busy for about a second: time to kill it
         "client.local_epochs=5",
         # the killed node's reply is waited for at most this long (Flower itself
         # notices a dead node only after up to 60 s of heartbeats)
-        "round_timeout=30",
+        "round_timeout=20",
     ]
     timeline = tmp_path / "timeline.jsonl"
     # the nodes' warm workers listen here (short: a socket path has <= 107 bytes)
@@ -82,11 +93,37 @@ def test_tls_authenticated_deployment_survives_killed_nodes_and_workers(
     with LocalDeployment(
         nodes, credentials=creds, authenticate=True, register=[True, True, True, False]
     ) as deployment:
-        killed = threading.Event()
+        address = [
+            f"simulation.address={deployment.link.address}",
+            f"simulation.root_certificates={creds.ca_cert}",
+        ]
+        # 1. split training: each message a fresh ClientApp process handing it to
+        # the node's worker; the round's client part, optimizer and batch order
+        # cross between messages in the node state only
+        split = run_entry(
+            [
+                *connect,
+                *address,
+                "num_rounds=1",
+                "split=splitfed_v1",
+                "split.chunk=32",
+                "save_model=false",
+                f"hydra.run.dir={tmp_path / 'split'}",
+            ],
+            tmp_path,
+        )
+        assert split.returncode == 0, split.stdout
+        assert "activations reveal information about the inputs" in split.stdout
+
+        # 2. node 0's worker dies in round 2, node 2's SuperNode in round 3
+        since = time.time()
         workers_killed: list[int] = []
         threading.Thread(
-            target=worker_killer, args=(timeline, 0, 2, workers_killed), daemon=True
+            target=worker_killer,
+            args=(timeline, 0, 2, since, workers_killed),
+            daemon=True,
         ).start()
+        killed = threading.Event()
 
         def on_line(line: str) -> None:
             if "fl-dnn: round 2/3" in line and not killed.is_set():
@@ -96,14 +133,7 @@ def test_tls_authenticated_deployment_survives_killed_nodes_and_workers(
         # the Hydra entry submits to the deployment over TLS (while the unregistered
         # SuperNode retries: its refusal is checked after the run)
         result = run_entry(
-            [
-                "simulation=deployment",
-                f"simulation.address={deployment.link.address}",
-                f"simulation.root_certificates={creds.ca_cert}",
-                *overrides,
-            ],
-            tmp_path,
-            on_line=on_line,
+            [connect[0], *address, *overrides], tmp_path, on_line=on_line
         )
         assert result.returncode == 0, result.stdout
         # the unregistered SuperNode is refused and gives up; the two left serve
@@ -116,6 +146,14 @@ def test_tls_authenticated_deployment_survives_killed_nodes_and_workers(
         # count the killed one online for up to 60 s more: heartbeats)
         assert deployment.nodes[KILLED].poll() is not None
         assert all(deployment.nodes[i].poll() is None for i in (0, 1))
+
+    (row,) = read_rows(tmp_path / "split")
+    assert row["num_failures"] == 0 and row["num_rejected"] == 0
+    assert {c["partition_id"] for c in row["clients"]} == {0, 1, 2}
+    assert row["bytes_gradients"] > 0 and row["bytes_weights_up"] > 0
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
+
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
     rows = read_rows(out)
@@ -133,12 +171,14 @@ def test_tls_authenticated_deployment_survives_killed_nodes_and_workers(
     assert rows[2]["num_failures"] + rows[2]["num_timeouts"] == 1
     assert summary["client_failures"] + summary["client_timeouts"] == 2
     marks = [json.loads(line) for line in timeline.read_text().splitlines()]
-    ready = [m for m in marks if m["event"] == "client_ready"]
+    ready = [m for m in marks if m["event"] == "client_ready" and m["t"] >= since]
     node0 = [m["pid"] for m in ready if m["partition"] == 0]
     assert workers_killed == [node0[1]] and len(node0) == 3 and node0[2] != node0[1]
-    # every message ran in a warm worker, none in its ClientApp process
+    # every message of both runs ran in a warm worker, none in its ClientApp process
     called = {m["pid"] for m in marks if m["event"] == "clientapp_called"}
-    assert called and called.isdisjoint(m["pid"] for m in ready)
+    served = {m["pid"] for m in marks if m["event"] == "worker_received"}
+    assert called and served and called.isdisjoint(served)
+    assert called.isdisjoint(m["pid"] for m in ready)
     # round 1 is the simulation's round 1 of the same seed (the same apps on
     # simulated nodes, in this process)
     run_in_process([*overrides, "num_rounds=1"], tmp_path / "sim", nodes[:3])
@@ -146,36 +186,3 @@ def test_tls_authenticated_deployment_survives_killed_nodes_and_workers(
     assert rows[0]["central_accuracy"] == simulated["central_accuracy"]
     assert rows[0]["central_loss"] == pytest.approx(simulated["central_loss"], 1e-5)
     assert (out / "accuracy_loss.png").stat().st_size > 0
-
-
-def test_split_training_over_a_tls_authenticated_deployment(
-    tmp_path, no_leftover_processes
-):
-    creds = make_credentials(tmp_path / "certs", 2)
-    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
-    with LocalDeployment(nodes, credentials=creds, authenticate=True) as deployment:
-        # each message starts a fresh ClientApp process: the round's client part,
-        # optimizer and batch order cross between them in the node state only
-        result = run_entry(
-            [
-                "simulation=deployment",
-                f"simulation.address={deployment.link.address}",
-                f"simulation.root_certificates={creds.ca_cert}",
-                "num_clients=2",
-                "clients_per_round=2",
-                "evaluate_clients_per_round=0",
-                "num_rounds=1",
-                "split=splitfed_v1",
-                "split.chunk=32",
-                "save_model=false",
-            ],
-            tmp_path,
-        )
-        assert result.returncode == 0, result.stdout
-        assert "activations reveal information about the inputs" in result.stdout
-    (row,) = read_rows(tmp_path / "run")
-    assert row["num_failures"] == 0 and row["num_rejected"] == 0
-    assert {c["partition_id"] for c in row["clients"]} == {0, 1}
-    assert row["bytes_gradients"] > 0 and row["bytes_weights_up"] > 0
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["final_accuracy"] > summary["initial_accuracy"]
