@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -313,37 +314,76 @@ def _is_socket(path: Path, inode: int) -> bool:
         return False
 
 
-def handle(conn: socket.socket, app) -> None:
-    """Serve one request on ``conn`` with ``app`` (a ``ClientApp``)."""
+def handle(
+    conn: socket.socket, app, on_new_run: Callable[[int], None] | None = None
+) -> int | None:
+    """Serve one request on ``conn`` with ``app`` (a ``ClientApp``).
+
+    Returns the request's run id (``None`` for a refused connection), after calling
+    ``on_new_run(run_id)`` first when given.
+    """
     uid = _peer_uid(conn)
     if uid is not None and uid != os.getuid():
         log.warning(
             "refused a connection from uid %d (this worker is %d)", uid, os.getuid()
         )
         send_frames(conn, ERROR, b"refused: another user's process")
-        return
+        return None
     message, context = decode(recv_frame(conn), recv_frame(conn))
     timeline.mark("worker_received", node=context.node_id)
+    if on_new_run is not None:
+        on_new_run(context.run_id)
     try:
         reply = app(message=message, context=context)
     except Exception as err:  # the app's own failure goes back as the message's error
         log.exception("the ClientApp raised")
         send_frames(conn, ERROR, f"{type(err).__name__}: {err}".encode())
-        return
+        return context.run_id
     send_frames(conn, OK, *encode(reply, context))
+    return context.run_id
 
 
-def serve(path: Path, idle_s: float, watch_pid: int | None, app=None) -> None:
+class RunScope:
+    """Drop the compiled models when messages of another run arrive.
+
+    The model cache is keyed by everything that changes the graph, so it is never
+    wrong across runs, but a long-lived worker serving run after run (a sweep over a
+    deployment) would keep every run's models: it keeps the current run's only.
+    """
+
+    def __init__(self, clear: Callable[[], None]) -> None:
+        self.clear = clear
+        self.run_id: int | None = None
+
+    def __call__(self, run_id: int) -> None:
+        """Note the run of the message about to run; clear on a change."""
+        if self.run_id is not None and run_id != self.run_id:
+            log.info(
+                "run %d after run %d: dropping the cached models", run_id, self.run_id
+            )
+            self.clear()
+        self.run_id = run_id
+
+
+def serve(
+    path: Path,
+    idle_s: float,
+    watch_pid: int | None,
+    app=None,
+    on_new_run: Callable[[int], None] | None = None,
+) -> None:
     """Listen on ``path``; run each message through ``app`` until told to stop.
 
     ``app`` defaults to :data:`fl_app.client_app.local_app`, with TensorFlow and the
-    client's modules imported before the worker listens.
+    client's modules imported before the worker listens, and the compiled models
+    kept for the current run only (:class:`RunScope`).
     """
     if app is None:
         from fl_app.client_app import load_features, local_app
+        from fl_app.training import clear_model_cache
 
         load_features()
-        app = local_app
+        app, on_new_run = local_app, RunScope(clear_model_cache)
         # a stop signal (the SuperNode's process group) leaves through the finally
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -378,7 +418,7 @@ def serve(path: Path, idle_s: float, watch_pid: int | None, app=None) -> None:
             with conn:
                 conn.settimeout(None)
                 try:
-                    handle(conn, app)
+                    handle(conn, app, on_new_run)
                 except (OSError, EOFError, ValueError) as err:
                     log.warning("dropped a request: %s", err)
             last = time.monotonic()

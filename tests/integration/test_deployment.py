@@ -174,6 +174,9 @@ def test_tls_authenticated_deployment_split_training_and_killed_nodes_and_worker
     ready = [m for m in marks if m["event"] == "client_ready" and m["t"] >= since]
     node0 = [m["pid"] for m in ready if m["partition"] == 0]
     assert workers_killed == [node0[1]] and len(node0) == 3 and node0[2] != node0[1]
+    # the workers kept only the current run's models: the second run cleared them
+    logs = [f.read_text(errors="replace") for f in workers.glob("*.log")]
+    assert any("dropping the cached models" in text for text in logs)
     # every message of both runs ran in a warm worker, none in its ClientApp process
     called = {m["pid"] for m in marks if m["event"] == "clientapp_called"}
     served = {m["pid"] for m in marks if m["event"] == "worker_received"}

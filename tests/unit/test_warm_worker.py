@@ -137,6 +137,31 @@ def test_the_worker_answers_and_the_state_comes_back(worker_dir):
         stop(path, thread)
 
 
+def test_the_worker_drops_its_cached_models_when_another_run_begins(worker_dir):
+    path = worker_dir / "node.sock"
+    cleared = []
+    scope = warm_worker.RunScope(lambda: cleared.append(scope.run_id))
+    thread = threading.Thread(
+        target=warm_worker.serve,
+        args=(path, 0, None, counting_app(), scope),
+        daemon=True,
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        for run_id in (7, 7, 8, 8, 7):
+            message, context = message_and_context()
+            context.run_id = run_id
+            warm_worker.call(path, message, context, idle_s=0)
+        # cleared as run 8 began (after run 7) and as run 7 came back
+        assert cleared == [7, 8] and scope.run_id == 7
+    finally:
+        stop(path, thread)
+
+
 def test_a_worker_gone_mid_message_fails_that_message(worker_dir):
     path = worker_dir / "node.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
