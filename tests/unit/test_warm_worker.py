@@ -281,3 +281,35 @@ def test_another_users_process_is_refused(monkeypatch):
         worker_dir.chmod(0o700)
         stop(path, thread)
         shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def test_the_idle_timeout_setting_reaches_the_worker_it_starts(worker_dir, monkeypatch):
+    started = []
+
+    class Exited:
+        returncode = 3
+
+        def __init__(self, command, **kwargs):
+            started.append((command, kwargs))
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(warm_worker.subprocess, "Popen", Exited)
+    message, context = message_and_context(
+        {**default_run_config(), "warm-worker-idle-s": 42.0}
+    )
+    monkeypatch.setattr(client_app, "in_clientapp_process", lambda: True)
+    ran = []
+
+    def call_next(msg, ctx):
+        ran.append(msg)
+        return Message(RecordDict(), reply_to=msg)
+
+    client_app.warm_worker_mod(message, context, call_next)
+    ((command, kwargs),) = started
+    assert command[command.index("--idle-s") + 1] == "42.0"
+    assert command[command.index("--watch-pid") + 1] == str(os.getppid())
+    assert kwargs["stdin"] == subprocess.DEVNULL
+    # the worker exited at start-up: the ClientApp ran the message itself
+    assert ran == [message]
