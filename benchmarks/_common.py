@@ -51,3 +51,11 @@ def write_json(path: Path, data: Any) -> None:
     """Write a benchmark's figures to ``path`` (its directory made if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def rss_bytes(pid: int | str) -> int:
+    """Resident memory of process ``pid`` (``/proc``); raises ``OSError`` if gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0  # a zombie has no resident set

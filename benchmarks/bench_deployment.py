@@ -43,7 +43,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import bench_parser, progress_echo, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    bench_parser,
+    progress_echo,
+    rss_bytes,
+    write_json,
+)
 
 from fl_app.deployment import LocalDeployment, make_credentials  # noqa: E402
 from fl_app.launcher import run_app, run_simulation  # noqa: E402
@@ -149,11 +154,9 @@ def worker_rss_mb(worker_dir: Path) -> list[float]:
     sizes = []
     for pid_file in sorted(worker_dir.glob("*.pid")):
         try:
-            status = Path(f"/proc/{int(pid_file.read_text())}/status").read_text()
+            sizes.append(rss_bytes(int(pid_file.read_text())) / 2**20)
         except (OSError, ValueError):
             continue
-        kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-        sizes.append(kb / 1024)
     return sizes
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import bench_parser, simulate, write_json  # noqa: E402
+from _common import bench_parser, rss_bytes, simulate, write_json  # noqa: E402
 
 from fl_app.results import read_rows  # noqa: E402
 from fl_app.watchdog import MARKER  # noqa: E402
@@ -60,9 +60,7 @@ def tree_rss_bytes() -> int:
             environ = (entry / "environ").read_bytes()
             if entry.name != me and f"{MARKER}=".encode() not in environ:
                 continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            total += rss_bytes(entry.name)
         except OSError:
             continue
     return total

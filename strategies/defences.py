@@ -69,19 +69,20 @@ class Defence:
 
     def norm_threshold(self, norms: Sequence[float]) -> float | None:
         """Return the round's delta-norm bound, or None when the bound is off."""
-        if self.norm_bound <= 0 or not norms:
-            return None
-        if self.norm_mode == "fixed":
-            return self.norm_bound
-        return self.norm_bound * statistics.median(norms)
+        return _bound(self.norm_bound, self.norm_mode, norms)
 
     def examples_cap(self, counts: Sequence[int]) -> float | None:
         """Return the largest example count a client may claim this round, or None."""
-        if self.max_examples <= 0 or not counts:
-            return None
-        if self.examples_mode == "fixed":
-            return self.max_examples
-        return self.max_examples * statistics.median(counts)
+        return _bound(self.max_examples, self.examples_mode, counts)
+
+
+def _bound(limit: float, mode: str, values: Sequence[float]) -> float | None:
+    """``limit`` itself (``fixed``) or times the median of ``values``; None when off."""
+    if limit <= 0 or not values:
+        return None
+    if mode == "fixed":
+        return limit
+    return limit * statistics.median(values)
 
 
 @dataclass

@@ -118,15 +118,21 @@ def _synthetic_rows(
     )
 
 
+def _concat_rows(parts: list[ArrayDataset]) -> ArrayDataset:
+    return ArrayDataset(
+        np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts])
+    )
+
+
 def _synthetic_test(
     dataset: DatasetConfig, num_clients: int, seed: int
 ) -> ArrayDataset:
-    tests = [
-        _synthetic_rows(dataset, num_clients, seed, pid)[1]
-        for pid in range(min(num_clients, dataset.test_clients))
-    ]
-    return ArrayDataset(
-        np.concatenate([t.x for t in tests]), np.concatenate([t.y for t in tests])
+    """Return the held-out rows of the first ``dataset.test_clients`` clients."""
+    return _concat_rows(
+        [
+            _synthetic_rows(dataset, num_clients, seed, pid)[1]
+            for pid in range(min(num_clients, dataset.test_clients))
+        ]
     )
 
 
@@ -149,11 +155,13 @@ def _build(
     dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
 ) -> FederatedData:
     if dataset.name == "synthetic":
-        pools = [
-            _synthetic_rows(dataset, num_clients, seed, pid)[0]
+        splits = [
+            _synthetic_rows(dataset, num_clients, seed, pid)
             for pid in range(num_clients)
         ]
-        test = _synthetic_test(dataset, num_clients, seed)
+        pools = [pool for pool, _ in splits]
+        # the test clients' rows, as _synthetic_test draws them, without drawing twice
+        test = _concat_rows([held for _, held in splits[: dataset.test_clients]])
         num_classes = dataset.num_classes
     else:
         if dataset.name == "digits":

@@ -54,7 +54,7 @@ def worker_killer(
 
 
 def test_tls_authenticated_deployment_split_training_and_killed_nodes_and_workers(
-    tmp_path, request, no_leftover_processes
+    tmp_path, request, monkeypatch, no_leftover_processes
 ):
     from tests.inprocess import run_in_process
 
@@ -87,9 +87,9 @@ def test_tls_authenticated_deployment_split_training_and_killed_nodes_and_worker
     # the nodes' warm workers listen here (short: a socket path has <= 107 bytes)
     workers = Path(tempfile.mkdtemp(prefix="fl-dnn-"))
     request.addfinalizer(lambda: shutil.rmtree(workers, ignore_errors=True))
-    env = {"FL_DNN_TIMELINE": str(timeline), "FL_DNN_WORKER_DIR": str(workers)}
-    os.environ.update(env)  # the SuperLink and SuperNodes take it from here
-    request.addfinalizer(lambda: [os.environ.pop(key) for key in env])
+    # the SuperLink and SuperNodes take these from the environment
+    monkeypatch.setenv("FL_DNN_TIMELINE", str(timeline))
+    monkeypatch.setenv("FL_DNN_WORKER_DIR", str(workers))
     with LocalDeployment(
         nodes, credentials=creds, authenticate=True, register=[True, True, True, False]
     ) as deployment:

@@ -67,9 +67,11 @@ def worker_dir(tmp_path, monkeypatch):
     return path
 
 
-def serve_in_thread(path, app, idle_s=0.0, watch_pid=None):
+def serve_in_thread(path, app, idle_s=0.0, watch_pid=None, on_new_run=None):
     thread = threading.Thread(
-        target=warm_worker.serve, args=(path, idle_s, watch_pid, app), daemon=True
+        target=warm_worker.serve,
+        args=(path, idle_s, watch_pid, app, on_new_run),
+        daemon=True,
     )
     thread.start()
     deadline = time.monotonic() + 10
@@ -141,16 +143,7 @@ def test_the_worker_drops_its_cached_models_when_another_run_begins(worker_dir):
     path = worker_dir / "node.sock"
     cleared = []
     scope = warm_worker.RunScope(lambda: cleared.append(scope.run_id))
-    thread = threading.Thread(
-        target=warm_worker.serve,
-        args=(path, 0, None, counting_app(), scope),
-        daemon=True,
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not path.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    thread = serve_in_thread(path, counting_app(), on_new_run=scope)
     try:
         for run_id in (7, 7, 8, 8, 7):
             message, context = message_and_context()
