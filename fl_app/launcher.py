@@ -138,6 +138,10 @@ class SuperLinkConnection:
             # TensorFlow does not use OpenBLAS: one BLAS thread, unless the user
             # sets it.
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+            # Ray's setproctitle otherwise zeroes a process's environment block to
+            # make room for its title ("ray::DashboardAgent"), and with it the launch
+            # token fl_app.watchdog finds processes by.
+            "SPT_NOENV": "1",
             "PATH": os.pathsep.join(
                 [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
             ),
