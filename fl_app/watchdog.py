@@ -28,15 +28,16 @@ MARKER = "FL_DNN_LAUNCH"
 GRACE_S = 5.0
 
 
-def _read_proc(entry: Path, token_needle: bytes) -> tuple[int, str, bool] | None:
-    """``(ppid, start time, marked)`` of one /proc entry, or None if it is gone."""
+def _stat(pid: int | str) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name, or None if gone.
+
+    Index 0 is the state, 1 the parent's pid, 19 the start time (clock ticks).
+    """
     try:
         # the command name in parentheses may itself hold ") "
-        fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-        environ = (entry / "environ").read_bytes()
-    except (OSError, IndexError):  # gone, or not ours
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    return int(fields[1]), fields[19], token_needle in environ.split(b"\0")
 
 
 def marked_processes(token: str) -> dict[int, str]:
@@ -51,32 +52,37 @@ def marked_processes(token: str) -> dict[int, str]:
     if not proc.is_dir():  # no procfs (not Linux): only the group is stopped
         return {}
     needle = f"{MARKER}={token}".encode()
-    table: dict[int, tuple[int, str, bool]] = {}
-    for entry in proc.iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            row = _read_proc(entry, needle)
-            if row is not None:
-                table[int(entry.name)] = row
+    starts: dict[int, str] = {}
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    stack: list[int] = []  # the marked ones, then their descendants
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        fields = _stat(entry.name)
+        if fields is None:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        pid = int(entry.name)
+        starts[pid] = fields[19]
+        children.setdefault(int(fields[1]), []).append(pid)
+        if needle in environ.split(b"\0"):
+            stack.append(pid)
     found: dict[int, str] = {}
-    stack = [pid for pid, (_, _, marked) in table.items() if marked]
     while stack:
         pid = stack.pop()
         if pid not in found:
-            found[pid] = table[pid][1]
+            found[pid] = starts[pid]
             stack.extend(children.get(pid, ()))
     return found
 
 
 def _alive(pid: int, started: str) -> bool:
     """Whether ``pid`` is still the process that started at ``started``."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[19] == started and fields[0] != "Z"
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] != "Z"
 
 
 def stop_all(
@@ -84,39 +90,38 @@ def stop_all(
 ) -> None:
     """Stop group ``pgid`` and every marked process: SIGTERM, then SIGKILL.
 
-    Every process seen in a sweep is remembered (with its start time, so a reused
+    Every process seen in a scan is remembered (with its start time, so a reused
     pid is never signalled), so one whose parent died in between is still stopped.
     SIGKILL sweeps repeat until nothing is left or ``kill_s`` has passed: a process
     may start a child between a sweep's scan and its signal.
     """
     seen: dict[int, str] = {}
 
+    def left() -> list[int]:
+        seen.update(marked_processes(token))
+        for pid, started in list(seen.items()):
+            if not _alive(pid, started):
+                del seen[pid]
+        return list(seen)
+
     def sweep(sig: signal.Signals) -> bool:
         # scan first: a signalled process's environment soon reads empty, and its
         # children are handed to init, out of reach of the descent
-        seen.update(marked_processes(token))
+        pids = left()
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-        left = False
-        for pid, started in list(seen.items()):
-            if not _alive(pid, started):
-                del seen[pid]
-                continue
-            left = True
+        for pid in pids:
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        return left
+        return bool(pids)
 
     deadline = time.monotonic() + grace_s
     if sweep(signal.SIGTERM):
-        while time.monotonic() < deadline:
-            seen.update(marked_processes(token))
-            if not any(_alive(pid, started) for pid, started in seen.items()):
-                break
+        while time.monotonic() < deadline and left():
             time.sleep(0.1)
     deadline = time.monotonic() + kill_s
     while sweep(signal.SIGKILL) and time.monotonic() < deadline:
