@@ -9,8 +9,9 @@ bad value), then starts its own SuperLink in simulation mode, submits the app wi
 ``flwr run``, streams progress, and leaves its results in the job's output directory.
 A failed Flower run exits with code 1 and Flower's error.
 
-``resume=DIR`` continues the run in ``DIR`` from its last checkpoint (same config but
-for ``num_rounds``; results appended there).
+``resume=DIR`` continues the run in ``DIR`` from its last checkpoint to the round count
+it was configured with (``num_rounds=N`` beside it extends the run; every other key
+must equal the checkpoint's; results appended there).
 
 ``simulation=deployment simulation.address=HOST:PORT`` submits to a running SuperLink
 instead (its SuperNodes hold the data); ``simulation.root_certificates=CA_FILE`` for
@@ -34,6 +35,7 @@ from fl_app.checkpoint import (
     RunLock,
     check_resumable,
     latest_checkpoint,
+    resumed_rounds,
 )
 from fl_app.config import (
     ConfigError,
@@ -60,16 +62,24 @@ PROGRESS_MARKERS = (
 )
 
 
-def check_resume(run_config: dict) -> Path:
+def overridden_keys(overrides: list[str]) -> set[str]:
+    """Return the config keys a Hydra command line sets (``a.b=1``, ``+c=2`` ...)."""
+    return {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+
+
+def check_resume(run_config: dict, rounds_given: bool) -> Path:
     """Check a ``resume=PATH`` run before anything starts; return PATH, absolute.
 
     The run continues in PATH: its last checkpoint must be whole, its run config
     the same but for ``num_rounds``, and no process may still be writing there
-    (an orphan of the killed run, say). The ServerApp checks it all again.
+    (an orphan of the killed run, say). Without ``num_rounds`` on the command line
+    (``rounds_given``) it runs to the checkpoint's own round count: ``run_config``
+    is updated in place. The ServerApp checks it all again.
     """
     output_dir = Path(run_config["resume"]).expanduser().resolve()
     run_config["resume"] = str(output_dir)
     checkpoint = latest_checkpoint(output_dir)
+    run_config.update(resumed_rounds(checkpoint, run_config, rounds_given))
     check_resumable(checkpoint, {**default_run_config(), **run_config})
     RunLock(output_dir).acquire().release()
     log.info("resuming %s after round %d", output_dir, checkpoint.round)
@@ -90,7 +100,10 @@ def main(cfg: DictConfig) -> float:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     if parsed.checkpoint.resume:
         try:
-            output_dir = check_resume(run_config)
+            output_dir = check_resume(
+                run_config,
+                rounds_given="num_rounds" in overridden_keys(hydra_cfg.overrides.task),
+            )
         except CheckpointError as err:
             log.error("%s", err)
             sys.exit(2)

@@ -217,6 +217,20 @@ def config_differences(
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
+def resumed_rounds(
+    checkpoint: Checkpoint, run_config: Mapping[str, Any], rounds_given: bool
+) -> dict[str, Any]:
+    """Return the run config a resume runs: ``run_config`` with the checkpoint's own
+    ``num-rounds`` unless the user gave one (which extends the run).
+
+    ``resume=DIR`` alone finishes the run as it was configured; the flat defaults
+    (Hydra's, or ``[tool.flwr.app.config]``'s) must not replace its round count.
+    """
+    if rounds_given:
+        return dict(run_config)
+    return {**run_config, "num-rounds": checkpoint.meta["run_config"]["num-rounds"]}
+
+
 def check_resumable(checkpoint: Checkpoint, run_config: Mapping[str, Any]) -> None:
     """Refuse to resume ``checkpoint`` under a run config it cannot continue.
 

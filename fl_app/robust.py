@@ -3,8 +3,9 @@
 Three sections of the run config, registered here so that the core config knows
 nothing of them (``schema.register_section``):
 
-- ``robust-*`` (present when any of it is on; all off by default): the update-norm bound
-  and the example-count cap every strategy applies (``strategies.defences``);
+- ``robust-*`` (on by default): the update-norm bound and the example-count cap
+  every strategy applies (``strategies.defences``), off with a log line where the
+  server cannot or must not judge one client's update (:meth:`DefenceConfig.off_reason`);
 - ``strategy-num-malicious``, ``strategy-trim-beta``, ``strategy-to-keep`` for the
   robust strategies ``median``, ``trimmed_mean``, ``krum``, ``multikrum``,
   ``bulyan`` (``strategies.robust``, Flower's own functions), registered here as
@@ -61,18 +62,28 @@ def _refuse_with(run: RunConfig, key: str, value: Any, what: str) -> None:
 
 @dataclass(frozen=True)
 class DefenceConfig:
-    """The update-norm bound and example-count cap (``robust-*``); off by default."""
+    """The update-norm bound and example-count cap (``robust-*``); on by default.
+
+    By default an update whose delta is longer than 3 x the round's median delta
+    norm is rejected and a claim above 2 x the round's median claim is capped,
+    both widened to the round's own spread and judged only in rounds of at least
+    ``min-clients`` updates (``strategies.defences``). Where the server cannot see
+    one client's update (SecAgg+, split training) or must not judge it (client-level
+    DP: its noise is calibrated to a plain mean of clipped updates), the defaults
+    are off and the run says why once (:meth:`off_reason`); asking for a defence
+    there explicitly is refused (SecAgg+, split) as before.
+    """
 
     norm_bound: float = setting(
-        0.0,
+        3.0,
         ">= 0 (0: off)",
         lambda v: v >= 0,
         help="largest delta norm accepted: absolute, or times the round's median",
     )
     norm_mode: str = setting("median", choices=("median", "fixed"))
-    norm_action: str = setting("clip", choices=("clip", "reject"))
+    norm_action: str = setting("reject", choices=("clip", "reject"))
     max_examples: float = setting(
-        0.0,
+        2.0,
         ">= 0 (0: off)",
         lambda v: v >= 0,
         help="largest example count a client may claim: absolute, or times the "
@@ -80,32 +91,72 @@ class DefenceConfig:
     )
     examples_mode: str = setting("median", choices=("median", "fixed"))
     equal_weights: bool = setting(False, help="average clients with equal weights")
+    spread: float = setting(
+        3.0,
+        ">= 0 (0: never widen)",
+        lambda v: v >= 0,
+        help="a median bound widens to exp(spread x the robust std of the round's "
+        "log values) times the median, when that is wider",
+    )
+    min_clients: int = setting(
+        5,
+        ">= 1",
+        lambda v: v >= 1,
+        help="median bounds judge only rounds with at least this many updates",
+    )
 
     @property
     def active(self) -> bool:
         """Whether any defence is on."""
         return self.norm_bound > 0 or self.max_examples > 0 or self.equal_weights
 
-    def defence(self) -> Defence | None:
-        """Return the strategies' :class:`Defence`, or None when every part is off."""
+    @property
+    def explicit(self) -> bool:
+        """Whether the user changed any ``robust-*`` setting from its default."""
+        return self != DefenceConfig()
+
+    def off_reason(self, run: RunConfig) -> str | None:
+        """Why the defaults are off in ``run`` (None: they apply)."""
+        if not self.active:
+            return "robust-norm-bound and robust-max-examples are 0"
+        if run.secagg is not None:
+            return "SecAgg+ gives the server only the sum of the updates"
+        if run.split is not None:
+            return "split training exchanges activations, not updates"
+        if run.client_dp is not None and not self.explicit:
+            return (
+                "client-level DP clips every update and calibrates its noise to a "
+                "plain mean of them; a median-relative rejection would make one "
+                "client's presence decide another's"
+            )
+        return None
+
+    def defence(self, run: RunConfig) -> Defence | None:
+        """Return the strategies' :class:`Defence`, or None where it is off."""
         from strategies.defences import Defence
 
-        if not self.active:
+        if self.off_reason(run) is not None:
             return None
         return Defence(**asdict(self))  # the same fields, by design
 
     def validate(self, run: RunConfig) -> None:
-        """Refuse what hides updates from the server, and a relative bound below 1."""
+        """Refuse an explicit defence where updates are hidden; a bound below 1."""
         if not self.active:
             return
-        key, value = (
-            ("robust-norm-bound", self.norm_bound)
-            if self.norm_bound
-            else ("robust-max-examples", self.max_examples)
-            if self.max_examples
-            else ("robust-equal-weights", True)
-        )
-        _refuse_with(run, key, value, "the update defences")
+        if self.explicit:
+            key, value = (
+                ("robust-norm-bound", self.norm_bound)
+                if self.norm_bound
+                else ("robust-max-examples", self.max_examples)
+                if self.max_examples
+                else ("robust-equal-weights", True)
+            )
+            _refuse_with(
+                run,
+                key,
+                value,
+                "the update defences (robust-norm-bound=0 robust-max-examples=0)",
+            )
         if self.norm_bound and self.norm_mode == "median" and self.norm_bound < 1:
             raise fail(
                 "robust-norm-bound",

@@ -43,6 +43,7 @@ from fl_app.checkpoint import (
     flatten_arrays,
     latest_checkpoint,
     list_checkpoints,
+    resumed_rounds,
     restore_rng_state,
     rng_state,
     run_output_dir,
@@ -62,6 +63,7 @@ from fl_app.exchange import NodeExchange
 from fl_app.node_state import LINEAGE, RESUMED_FROM
 from fl_app.personalization import local_weight_mask
 from fl_app.results import MODEL_FILE, RunRecorder
+from fl_app.robust import DefenceConfig
 from fl_app.slicing import model_layout, sizes_by_width
 from fl_app.training import (
     ModelKey,
@@ -70,6 +72,7 @@ from fl_app.training import (
     keras,
     model_key,
 )
+from strategies.defences import Defence
 from strategies.fedavg import FedAvg
 from strategies.hetero_slicing import HeteroSlicingFedAvg, make_windows, slice_weights
 from strategies.personalized import PersonalizedFedAvg
@@ -289,10 +292,29 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
     # every strategy applies the update defences and, in simulation, the attack
     defence, attack = cfg.extra("defence"), cfg.extra("attack")
     common.update(
-        defence=defence.defence() if defence is not None else None,
+        defence=defence_of(cfg, defence) if defence is not None else None,
         attack=attack.attack(cfg) if attack is not None else None,
     )
     return build(cfg, model, **common)
+
+
+def defence_of(cfg: RunConfig, defence: DefenceConfig) -> Defence | None:
+    """Return the run's update defence; say once why it is off or limited."""
+    reason = defence.off_reason(cfg)
+    if reason is not None:
+        log.info("update defences off: %s", reason)
+        return None
+    relative = (defence.norm_bound and defence.norm_mode == "median") or (
+        defence.max_examples and defence.examples_mode == "median"
+    )
+    if relative and cfg.clients_per_round < defence.min_clients:
+        log.info(
+            "update defences: the median bounds judge rounds of at least %d updates "
+            "(robust-min-clients); with clients-per-round=%d they never apply",
+            defence.min_clients,
+            cfg.clients_per_round,
+        )
+    return defence.defence(cfg)
 
 
 def wrap_client_dp(cfg: RunConfig, strategy: Strategy) -> Strategy:
@@ -771,18 +793,39 @@ def main(grid: Grid, context: Context) -> None:
     output_dir = resolve_output_dir(cfg, context.run_id)
     _log_to_console()
     # a bad checkpoint fails here, before anything is written
-    resumed = resume_point(cfg, context, output_dir)
+    resumed = resume_point(cfg, context, output_dir, rounds_given(grid))
+    if resumed is not None:  # resume alone runs to the checkpoint's round count
+        cfg = replace(cfg, num_rounds=int(context.run_config["num-rounds"]))
     with RunLock(output_dir):
         run_server(grid, context, cfg, output_dir, started, resumed)
 
 
+def rounds_given(grid: Grid) -> bool:
+    """Whether the run's submitter set ``num-rounds`` (``flwr run --run-config``).
+
+    Flower fuses the overrides into ``[tool.flwr.app.config]``'s defaults; the run
+    keeps the overrides alone (``Run.override_config``). A grid that cannot say is
+    taken to have been given every key.
+    """
+    try:
+        overrides = grid.run.override_config
+    except Exception:  # a grid without a run (tests' in-process grids)
+        return True
+    return "num-rounds" in overrides
+
+
 def resume_point(
-    cfg: RunConfig, context: Context, output_dir: Path
+    cfg: RunConfig, context: Context, output_dir: Path, given: bool = True
 ) -> Checkpoint | None:
-    """Return the checkpoint a ``resume`` run continues from (checked), else None."""
+    """Return the checkpoint a ``resume`` run continues from (checked), else None.
+
+    Unless ``num-rounds`` was ``given``, ``context.run_config`` takes the
+    checkpoint's own (the run goes on to the round count it was configured with).
+    """
     if not cfg.checkpoint.resume:
         return None
     checkpoint = latest_checkpoint(output_dir)
+    context.run_config.update(resumed_rounds(checkpoint, context.run_config, given))
     check_resumable(checkpoint, context.run_config)
     if checkpoint.meta["code_version"] != code_version():
         log.warning(
@@ -794,7 +837,7 @@ def resume_point(
         "resuming the run in %s after round %d of %d",
         output_dir,
         checkpoint.round,
-        cfg.num_rounds,
+        context.run_config["num-rounds"],
     )
     return checkpoint
 

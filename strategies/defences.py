@@ -6,6 +6,18 @@ may claim (fixed, or a multiple of the round's median claim), or equal client
 weights. A *delta* is an update minus the model the client was sent (its
 reference); arrays that are empty in an update (a personalized client's local
 layers) take no part. Pure numpy.
+
+Median-relative bounds guard against honest outliers three ways:
+
+- ``min_clients``: a round with fewer updates is not judged against its median (a
+  median of two or three says little about what an honest update looks like);
+- ``spread``: the bound is widened to ``exp(spread * s)`` times the median when that
+  is wider, with ``s`` the robust standard deviation (1.4826 x the median absolute
+  deviation) of the values' logarithms, so a federation whose honest clients differ
+  widely (log-normal data sizes, say) is judged by its own spread, while one
+  client far from a tight crowd is still caught;
+- updates of different sizes (width slices) are compared by their root mean square
+  delta, so a full-width client is not judged against the median of narrow ones.
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ class Defence:
     bound, ``"reject"`` drops the update. ``max_examples``: 0 off; else the largest
     example count a client may claim, absolute or a multiple of the median claim
     (``examples_mode``). ``equal_weights``: average clients with equal weights.
+    ``spread`` and ``min_clients``: how a median bound spares honest outliers (the
+    module's docstring).
     """
 
     norm_bound: float = 0.0
@@ -66,23 +80,44 @@ class Defence:
     max_examples: float = 0.0
     examples_mode: str = "median"
     equal_weights: bool = False
+    spread: float = 0.0  # 0: the median bounds are never widened
+    min_clients: int = 1  # median bounds judge rounds of at least this many updates
 
     def norm_threshold(self, norms: Sequence[float]) -> float | None:
         """Return the round's delta-norm bound, or None when the bound is off."""
-        return _bound(self.norm_bound, self.norm_mode, norms)
+        return self._bound(self.norm_bound, self.norm_mode, norms)
 
     def examples_cap(self, counts: Sequence[int]) -> float | None:
         """Return the largest example count a client may claim this round, or None."""
-        return _bound(self.max_examples, self.examples_mode, counts)
+        return self._bound(self.max_examples, self.examples_mode, counts)
+
+    def _bound(self, limit: float, mode: str, values: Sequence[float]) -> float | None:
+        """``limit`` (``fixed``), or times the median of ``values`` widened to their
+        spread; None when off, or when a median bound has too few values (or a
+        median of 0) to judge by."""
+        if limit <= 0 or not values:
+            return None
+        if mode == "fixed":
+            return limit
+        median = statistics.median(values)
+        if len(values) < self.min_clients or median <= 0:
+            return None
+        return median * max(limit, spread_factor(values, self.spread))
 
 
-def _bound(limit: float, mode: str, values: Sequence[float]) -> float | None:
-    """``limit`` itself (``fixed``) or times the median of ``values``; None when off."""
-    if limit <= 0 or not values:
-        return None
-    if mode == "fixed":
-        return limit
-    return limit * statistics.median(values)
+def spread_factor(values: Sequence[float], z: float) -> float:
+    """``exp(z * s)``: ``s`` the robust standard deviation of ``log(values)``.
+
+    ``s = 1.4826 * median(|log v - median(log v)|)`` over the positive values (the
+    constant makes it the standard deviation for log-normal values); 0 when ``z``
+    is 0 or fewer than two values are positive.
+    """
+    logs = [math.log(v) for v in values if v > 0]
+    if z <= 0 or len(logs) < 2:
+        return 0.0
+    centre = statistics.median(logs)
+    mad = statistics.median(abs(v - centre) for v in logs)
+    return math.exp(z * 1.4826 * mad)
 
 
 @dataclass
@@ -108,13 +143,25 @@ def defend(
     one attacker cannot move the bound far (the median of ten is set by the middle).
     """
     norms = [delta_norm(r, u) for r, u in zip(references, updates, strict=True)]
-    bound = defence.norm_threshold(norms)
+    # a relative bound compares updates of different sizes (width slices) by their
+    # root mean square delta: scale[i] turns that bound back into update i's norm
+    sizes = [
+        sum(d.size for _, d in delta_pairs(r, u))
+        for r, u in zip(references, updates, strict=True)
+    ]
+    scale = [1.0] * len(sizes)
+    judged = norms
+    if defence.norm_mode != "fixed" and len(set(sizes)) > 1:
+        scale = [math.sqrt(max(n, 1)) for n in sizes]
+        judged = [norm / s for norm, s in zip(norms, scale, strict=True)]
+    threshold = defence.norm_threshold(judged)
     cap = defence.examples_cap(counts)
     verdicts = []
-    for reference, update, n, norm in zip(
-        references, updates, counts, norms, strict=True
+    for reference, update, n, norm, unit in zip(
+        references, updates, counts, norms, scale, strict=True
     ):
         verdict = Verdict(update, 1 if defence.equal_weights else n)
+        bound = None if threshold is None else threshold * unit
         if bound is not None and norm > bound:
             if defence.norm_action == "reject":
                 verdict.update = None

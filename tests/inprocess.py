@@ -144,12 +144,16 @@ def run_in_process(
     output_dir: Path,
     node_configs: Iterable[Mapping[str, Any]] | None = None,
     grid_class: type[InProcessGrid] = InProcessGrid,
+    submitted: Iterable[str] | None = None,
 ) -> InProcessGrid:
     """Run the app's ServerApp for Hydra ``overrides`` over in-process nodes.
 
     Nodes default to partitions ``0 .. num-clients - 1``. Results land in
     ``output_dir`` as in a Flower run; returns the grid (its nodes' ids and
     contexts). ``grid_class``: an ``InProcessGrid`` subclass (a test's stragglers).
+    ``submitted``: the flat keys the run's submitter gave (the run's
+    ``override_config``, as ``flwr run --run-config`` leaves it); default every key,
+    as ``run_simulation.py`` submits them.
     """
     from fl_app.client_app import app as client_app
     from fl_app.server_app import app as server_app
@@ -164,6 +168,8 @@ def run_in_process(
         n = int(run_config["num-clients"])
         node_configs = [{"partition-id": i, "num-partitions": n} for i in range(n)]
     grid = grid_class(client_app, run_config, node_configs)
+    keys = run_config.keys() if submitted is None else set(submitted)
+    grid.run.override_config = {k: v for k, v in run_config.items() if k in keys}
     context = Context(
         run_id=grid.run.run_id,
         node_id=SUPERLINK_NODE_ID,

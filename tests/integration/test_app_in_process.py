@@ -400,7 +400,14 @@ def test_an_attacked_round_stays_near_the_clean_one_under_the_norm_bound(tmp_pat
     runs = {
         "clean": four,
         "attacked": [*four, *attack],
-        "defended": [*four, *attack, "robust.norm_bound=2"],
+        # four clients: below the default robust.min_clients (5), judged on request
+        "defended": [
+            *four,
+            *attack,
+            "robust.norm_bound=2",
+            "robust.norm_action=clip",
+            "robust.min_clients=4",
+        ],
     }
     for name, overrides in runs.items():
         run_in_process(overrides, tmp_path / name)

@@ -140,3 +140,24 @@ def test_dp_sgd_epsilon_never_goes_back_and_a_spent_client_stays_declined(tmp_pa
     assert client_epsilons(rows)[0] == whole[0]
     assert [r["num_declined"] for r in rows] == [0, 2, 2]
     assert client_epsilons(rows)[1] == client_epsilons(rows)[2] == whole[1]
+
+
+def test_resume_alone_finishes_at_the_checkpoints_round_count(tmp_path):
+    # A 4-round run killed between rounds 2 and 3, resumed as a Flower CLI user
+    # does: flwr run --run-config 'resume="DIR"' submits resume alone, and the
+    # rest of the run config is [tool.flwr.app.config]'s defaults (num-rounds 20).
+    out = tmp_path / "killed"
+    overrides = [*BASE, "num_rounds=4"]
+    with pytest.raises(Killed):
+        run_in_process(overrides, out, grid_class=killed_in_round(3, False))
+    run_in_process([*BASE, f"resume={out}"], out, submitted={"resume", "output-dir"})
+    assert [r["round"] for r in read_rows(out)] == [1, 2, 3, 4]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 4 and summary["run_config"]["num-rounds"] == 4
+    # num-rounds given beside resume extends the run
+    run_in_process(
+        [*BASE, "num_rounds=5", f"resume={out}"],
+        out,
+        submitted={"resume", "output-dir", "num-rounds"},
+    )
+    assert [r["round"] for r in read_rows(out)] == [1, 2, 3, 4, 5]

@@ -133,7 +133,8 @@ def test_fedprox_config_from_hydra_and_refusals():
     cfg = parse_run_config(compose_flat(["client=fedprox"]))
     assert cfg.extra("fedprox").mu == 0.01
     cfg = parse_run_config(compose_flat(["client=fedprox", "client.proximal_mu=0"]))
-    assert cfg.extra("fedprox") is None and cfg.extras == ()
+    assert cfg.extra("fedprox") is None
+    assert [name for name, _ in cfg.extras] == ["defence"]  # on by default
     with pytest.raises(ConfigError, match="client-proximal-mu.*-0.1.*>= 0"):
         parse_run_config({"client-proximal-mu": -0.1})
     with pytest.raises(
