@@ -220,10 +220,10 @@ def config_differences(
 def resumed_rounds(
     checkpoint: Checkpoint, run_config: Mapping[str, Any], rounds_given: bool
 ) -> dict[str, Any]:
-    """Return the run config a resume runs: ``run_config`` with the checkpoint's own
-    ``num-rounds`` unless the user gave one (which extends the run).
+    """Return the run config a resume runs (the checkpoint's rounds unless given).
 
-    ``resume=DIR`` alone finishes the run as it was configured; the flat defaults
+    ``run_config`` keeps its ``num-rounds`` when the user gave one (it extends the
+    run). ``resume=DIR`` alone finishes the run as it was configured; the flat defaults
     (Hydra's, or ``[tool.flwr.app.config]``'s) must not replace its round count.
     """
     if rounds_given:

@@ -5,7 +5,8 @@ nothing of them (``schema.register_section``):
 
 - ``robust-*`` (on by default): the update-norm bound and the example-count cap
   every strategy applies (``strategies.defences``), off with a log line where the
-  server cannot or must not judge one client's update (:meth:`DefenceConfig.off_reason`);
+  server cannot or must not judge one client's update
+  (:meth:`DefenceConfig.off_reason`);
 - ``strategy-num-malicious``, ``strategy-trim-beta``, ``strategy-to-keep`` for the
   robust strategies ``median``, ``trimmed_mean``, ``krum``, ``multikrum``,
   ``bulyan`` (``strategies.robust``, Flower's own functions), registered here as

@@ -92,9 +92,11 @@ class Defence:
         return self._bound(self.max_examples, self.examples_mode, counts)
 
     def _bound(self, limit: float, mode: str, values: Sequence[float]) -> float | None:
-        """``limit`` (``fixed``), or times the median of ``values`` widened to their
-        spread; None when off, or when a median bound has too few values (or a
-        median of 0) to judge by."""
+        """Return ``limit`` (fixed) or the median bound widened to the spread.
+
+        None when off, or when a median bound has too few values (or a median of
+        0) to judge by.
+        """
         if limit <= 0 or not values:
             return None
         if mode == "fixed":

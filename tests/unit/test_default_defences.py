@@ -82,9 +82,7 @@ def test_the_default_spares_a_federation_whose_data_sizes_spread_widely():
     sizes = [51, 54, 56, 59, 79, 102, 120, 150, 294, 408]
     median = 90.5
     rng = np.random.default_rng(1)
-    updates = [
-        [d * np.sqrt(n / median)] for d, n in zip(honest_deltas(rng, 10), sizes)
-    ]
+    updates = [[d * np.sqrt(n / median)] for d, n in zip(honest_deltas(rng, 10), sizes)]
     verdicts = defend(DEFAULT, [[np.zeros(200)]] * 10, updates, sizes)
     assert unchanged(verdicts, updates, sizes)
     # without the widening (spread 0), the two largest would be capped at 181
@@ -155,9 +153,7 @@ def test_the_default_spares_dp_sgd_noisy_updates():
     # norm set by the client's steps; sizes from 80 to 200 rows, batch 32
     rng = np.random.default_rng(4)
     sizes = [80, 96, 112, 128, 144, 160, 176, 192, 200, 88]
-    updates = [
-        [rng.normal(0.001, 0.02 * np.sqrt(np.ceil(n / 32)), 500)] for n in sizes
-    ]
+    updates = [[rng.normal(0.001, 0.02 * np.sqrt(np.ceil(n / 32)), 500)] for n in sizes]
     verdicts = defend(DEFAULT, [[np.zeros(500)]] * 10, updates, sizes)
     assert unchanged(verdicts, updates, sizes)
 
