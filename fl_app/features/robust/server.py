@@ -2,7 +2,8 @@
 
 Every strategy's builder gets the update defences and (in simulation) the attack
 (:func:`defences_and_attack`); the robust strategies are registered here, and a
-phase refuses attacks outside simulation. Settings and their checks: :mod:`fl_app.features.robust.settings`; the rules themselves:
+phase refuses attacks outside simulation. Settings and their checks:
+:mod:`fl_app.features.robust.settings`; the rules themselves:
 :mod:`strategies.robust` (Flower's own functions).
 """
 
