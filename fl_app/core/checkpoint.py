@@ -61,10 +61,13 @@ def code_version() -> str:
         version = importlib.metadata.version("fl-dnn")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the project: fl_app/core/..
     digest = hashlib.sha256()
     for package in ("fl_app", "strategies"):
-        for path in sorted((root / package).rglob("*.py")):
+        sources = sorted((root / package).rglob("*.py"))
+        if not sources:  # a digest of nothing would call every version the same
+            raise RuntimeError(f"code_version: no Python sources in {root / package}")
+        for path in sources:
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return f"{version}+{digest.hexdigest()[:12]}"

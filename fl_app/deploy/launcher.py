@@ -37,7 +37,7 @@ from fl_app.deploy.watchdog import MARKER, stop_all
 
 log = logging.getLogger(__name__)
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]  # the project: fl_app/deploy/..
 CONNECTION = "fl-dnn"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 

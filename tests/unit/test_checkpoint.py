@@ -215,3 +215,14 @@ def test_node_state_mod_restores_once_on_a_resumed_run_then_saves_each_round(
     # without a lineage (checkpoints off) nothing is written
     node_state_mod(message(5), context, train)
     assert [r for r, _ in NodeStateStore(folder).versions()] == [2, 3, 4]
+
+
+def test_the_code_version_digests_the_project_sources():
+    # a digest of no files (a wrong root after a move) would call every version the
+    # same, and a resume would never warn that the code changed
+    import hashlib
+
+    from fl_app.core.checkpoint import code_version
+
+    empty = hashlib.sha256().hexdigest()[:12]
+    assert not code_version().endswith(empty)
