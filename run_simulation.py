@@ -30,26 +30,26 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import fl_app  # noqa: F401  (environment for TensorFlow in child processes)
-from fl_app.checkpoint import (
+from fl_app.core.checkpoint import (
     CheckpointError,
     RunLock,
     check_resumable,
     latest_checkpoint,
     resumed_rounds,
 )
-from fl_app.config import (
+from fl_app.core.config import (
     ConfigError,
     default_run_config,
     flatten_nested,
     parse_run_config,
 )
-from fl_app.launcher import (
+from fl_app.core.results import append_sweep_row
+from fl_app.deploy.launcher import (
     FlowerRunError,
     SuperLinkConnection,
     run_app,
     run_simulation,
 )
-from fl_app.results import append_sweep_row
 
 log = logging.getLogger("run_simulation")
 

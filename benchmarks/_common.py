@@ -25,9 +25,9 @@ def simulate(
 ):
     """Run the app once in Flower's simulation into ``workdir / name``; echo progress.
 
-    Returns :class:`fl_app.launcher.RunOutcome` (``output_dir``, ``summary``).
+    Returns :class:`fl_app.deploy.launcher.RunOutcome` (``output_dir``, ``summary``).
     """
-    from fl_app.launcher import run_simulation
+    from fl_app.deploy.launcher import run_simulation
 
     return run_simulation(
         config,

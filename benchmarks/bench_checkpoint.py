@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_parser, simulate, write_json  # noqa: E402
 
-from fl_app.checkpoint import list_checkpoints  # noqa: E402
-from fl_app.results import read_rows  # noqa: E402
+from fl_app.core.checkpoint import list_checkpoints  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
 
 SETTINGS = {"every_1": 1, "every_0": 0}
 

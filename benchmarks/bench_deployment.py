@@ -18,7 +18,7 @@ Rounds after the first are the steady ones (``steady_round_s``: the median of ro
 2-4); ``warm_speedup`` is a variant's cold steady round over its warm one, and
 ``ratio_vs_simulation`` each path's steady round over the simulated one.
 
-The breakdown: every deployment runs with ``FL_DNN_TIMELINE`` (``fl_app.timeline``:
+The breakdown: every deployment runs with ``FL_DNN_TIMELINE`` (``fl_app.core.timeline``:
 marks from the ServerApp, the ClientApp processes and the worker) and with
 ``FLWR_LOG_LEVEL=DEBUG`` (the SuperNodes' own timestamped "Receiving"/"Sending"
 lines). ``breakdown`` gives, for node 0's fit messages in rounds 2-4 (median), the
@@ -50,9 +50,9 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from fl_app.deployment import LocalDeployment, make_credentials  # noqa: E402
-from fl_app.launcher import run_app, run_simulation  # noqa: E402
-from fl_app.results import read_rows  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
+from fl_app.deploy.deployment import LocalDeployment, make_credentials  # noqa: E402
+from fl_app.deploy.launcher import run_app, run_simulation  # noqa: E402
 
 CONFIG = {
     "num-rounds": 4,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_parser, simulate, write_json  # noqa: E402
 
-from fl_app.results import read_rows  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
 
 BASE = {"partition": "dirichlet", "partition-alpha": 0.1, "save-model": False}
 MUS = {"fedavg": 0.0, "fedprox_0.01": 0.01, "fedprox_0.1": 0.1}

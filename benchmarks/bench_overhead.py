@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_parser, progress_echo, write_json  # noqa: E402
 
-from fl_app.config import parse_run_config  # noqa: E402
-from fl_app.launcher import run_simulation  # noqa: E402
-from fl_app.results import read_rows  # noqa: E402
+from fl_app.core.config import parse_run_config  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
+from fl_app.deploy.launcher import run_simulation  # noqa: E402
 
 
 def steady_round_s(output_dir: Path, warmup: int) -> tuple[float, list[float]]:
@@ -64,7 +64,7 @@ def centralized_round_time(run_config: dict, rounds: int, warmup: int) -> dict:
     import numpy as np
 
     from fl_app.data import load_federated_data
-    from fl_app.training import get_compiled_model, model_key
+    from fl_app.ml.training import get_compiled_model, model_key
 
     cfg = parse_run_config(run_config)
     data = load_federated_data(cfg)
@@ -97,9 +97,9 @@ def sequential_clients_round_time(run_config: dict, rounds: int, warmup: int) ->
     central evaluation and every client's evaluation. Isolates the runtime's cost."""
     from flwr.common import ndarrays_to_parameters
 
-    from fl_app.client import KerasClient
+    from fl_app.client.keras_client import KerasClient
     from fl_app.data import load_federated_data
-    from fl_app.training import evaluate_model, get_compiled_model, model_key
+    from fl_app.ml.training import evaluate_model, get_compiled_model, model_key
     from strategies.aggregation import aggregate_weighted
 
     cfg = parse_run_config(run_config)

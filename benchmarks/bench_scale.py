@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_parser, rss_bytes, simulate, write_json  # noqa: E402
 
-from fl_app.results import read_rows  # noqa: E402
-from fl_app.watchdog import MARKER  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
+from fl_app.deploy.watchdog import MARKER  # noqa: E402
 
 EXPERIMENT = {
     "dataset": "synthetic",

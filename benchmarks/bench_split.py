@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_parser, progress_echo, simulate, write_json  # noqa: E402
 
-from fl_app.deployment import LocalDeployment  # noqa: E402
-from fl_app.launcher import run_app  # noqa: E402
-from fl_app.results import read_rows  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
+from fl_app.deploy.deployment import LocalDeployment  # noqa: E402
+from fl_app.deploy.launcher import run_app  # noqa: E402
 
 BASE = {
     "partition": "dirichlet",

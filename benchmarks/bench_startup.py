@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fl_app.results import read_rows  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
 
 STAGES = (
     ("superlink_ready", "Using SuperLink"),

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_parser, simulate, write_json  # noqa: E402
 
-from fl_app.results import read_rows  # noqa: E402
+from fl_app.core.results import read_rows  # noqa: E402
 
 BASE = {"save-model": False}
 PARTITIONS = {

@@ -3,7 +3,7 @@
 Importing this module is cheap (Flower and the run config, no TensorFlow): in a
 deployment every message starts a fresh ClientApp process, and with ``warm-worker``
 on, :func:`warm_worker_mod` hands the message to the node's long-lived worker
-(:mod:`fl_app.warm_worker`), which runs :data:`local_app` with everything loaded.
+(:mod:`fl_app.deploy.warm_worker`), which runs :data:`local_app` with everything loaded.
 Without a worker (simulation, where Ray's workers stay warm anyway; a run with
 ``warm-worker=false``; a node where none can start) the message runs here, and the
 first one imports the client's modules (:func:`load_features`).
@@ -22,11 +22,11 @@ from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_
 from flwr.clientapp import ClientApp
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app import timeline
-from fl_app.capacities import partition_capacity
-from fl_app.config import ConfigError, RunConfig, parse_run_config
-from fl_app.exchange import handlers_mod
-from fl_app.node_state import node_state_mod
+from fl_app.client.node_state import node_state_mod
+from fl_app.core import timeline
+from fl_app.core.config import ConfigError, RunConfig, parse_run_config
+from fl_app.core.exchange import handlers_mod
+from fl_app.features.hetero.capacities import partition_capacity
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,12 @@ def load_features() -> None:
     """Import the client and the modules whose handlers ``handlers_mod`` routes to.
 
     They import TensorFlow; importing them registers their message handlers
-    (``fl_app.exchange.register_handler``).
+    (``fl_app.core.exchange.register_handler``).
     """
-    from fl_app import client, split_client, synthetic  # noqa: F401
+    import fl_app.client.keras_client  # noqa: F401
+    from fl_app import features
+
+    features.load("client")
 
 
 def client_fn(context: Context) -> Client:
@@ -46,7 +49,8 @@ def client_fn(context: Context) -> Client:
     The node config names either a partition of the run's dataset
     (``partition-id``, ``num-partitions``) or a file (``data-path``).
     """
-    from fl_app.client import KerasClient, node_partition
+    from fl_app.client.keras_client import KerasClient
+    from fl_app.client.node_data import node_partition
 
     cfg = parse_run_config(context.run_config)
     partition_id, data_path = node_partition(cfg, context.node_config, context.node_id)
@@ -143,12 +147,12 @@ def warm_worker_mod(
         )
     reply = None
     if cfg.warm_worker and in_clientapp_process():
-        from fl_app import warm_worker
+        from fl_app.client import warm_link
 
         try:
-            path = warm_worker.socket_path(context.node_id)
-            reply = warm_worker.call(path, msg, context, cfg.warm_worker_idle_s)
-        except warm_worker.WorkerUnavailable as err:
+            path = warm_link.socket_path(context.node_id)
+            reply = warm_link.call(path, msg, context, cfg.warm_worker_idle_s)
+        except warm_link.WorkerUnavailable as err:
             log.warning(
                 "no warm worker (%s): this message runs in the ClientApp process", err
             )

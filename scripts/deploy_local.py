@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fl_app.deployment import Credentials, LocalDeployment, make_credentials  # noqa: E402
+from fl_app.deploy.deployment import Credentials, LocalDeployment, make_credentials  # noqa: E402
 
 
 def credentials(directory: Path, nodes: int) -> Credentials:

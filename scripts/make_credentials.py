@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fl_app.deployment import make_credentials  # noqa: E402
+from fl_app.deploy.deployment import make_credentials  # noqa: E402
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Write ``[tool.flwr.app.config]`` of ``pyproject.toml`` from the run-config schema.
 
 Flower reads the app's run-config keys and defaults from that table; the schema
-(the ``setting`` declarations on ``fl_app.config``'s dataclasses and the registered
-sections, see ``fl_app.schema``) is where they are declared. Run this after changing a
+(the ``setting`` declarations on ``fl_app.core.config``'s dataclasses and the registered
+sections, see ``fl_app.core.schema``) is where they are declared. Run this after
+changing a
 setting:
 
     uv run python scripts/write_app_config.py          # rewrite the table
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fl_app.config import app_config_toml  # noqa: E402
+from fl_app.core.config import app_config_toml  # noqa: E402
 
 HEADER = "[tool.flwr.app.config]\n"
 

@@ -4,7 +4,7 @@ Scaled (``λ·delta``), sign-flipped (``-λ·delta``), Gaussian noise, "a little
 enough" (Baruch et al., NeurIPS 2019, https://arxiv.org/abs/1902.06156) and an
 inflated example count. The strategy puts them in place of the attackers' honest
 updates before its defence (``FedAvg.attack``), in simulation only; label flipping
-happens on the client's data (``fl_app.robust``). Pure numpy.
+happens on the client's data (``fl_app.features.robust.settings``). Pure numpy.
 """
 
 from __future__ import annotations

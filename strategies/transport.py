@@ -9,7 +9,8 @@ sends outside the mask never enters the global model.
 
 Codecs are injected (any object with ``encode(weights) -> arrays`` and
 ``decode(arrays, shapes) -> weights`` raising ``ValueError`` on a bad payload), so
-this module needs numpy only; the project's codecs live in ``fl_app.compression``.
+this module needs numpy only; the project's codecs live in
+``fl_app.features.compression.codecs``.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def compose_flat(overrides: Iterable[str] = ()) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fl_app.config import flatten_nested
+    from fl_app.core.config import flatten_nested
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
@@ -134,7 +134,7 @@ def compose_run_config(overrides: Iterable[str]) -> dict[str, Any]:
     Flower fills any key the submission leaves out from ``[tool.flwr.app.config]``
     (equal to the schema's defaults, which a unit test checks).
     """
-    from fl_app.config import default_run_config
+    from fl_app.core.config import default_run_config
 
     return {**default_run_config(), **compose_flat(overrides)}
 
@@ -156,8 +156,8 @@ def run_in_process(
     as ``run_simulation.py`` submits them.
     """
     from fl_app.client_app import app as client_app
+    from fl_app.ml.training import clear_model_cache
     from fl_app.server_app import app as server_app
-    from fl_app.training import clear_model_cache
 
     # A Flower run's ServerApp starts in a new process: its first model (the initial
     # global weights) is built fresh from the seed, not taken from an earlier run.

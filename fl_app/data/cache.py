@@ -33,15 +33,11 @@ import tempfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fl_app.config import DatasetConfig, PartitionConfig
-from fl_app.data.datasets import ArrayDataset
-
-if TYPE_CHECKING:
-    from fl_app.data.federated import FederatedData
+from fl_app.core.config import DatasetConfig, PartitionConfig
+from fl_app.data.datasets import ArrayDataset, ClientData, FederatedData
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +159,6 @@ def write_entry(entry: Path, data: FederatedData) -> None:
 
 def read_entry(entry: Path) -> FederatedData:
     """Memory-map a cache entry back into :class:`FederatedData`."""
-    from fl_app.data.federated import ClientData, FederatedData
-
     meta = json.loads((entry / "meta.json").read_text())
 
     def load(name: str) -> np.ndarray:

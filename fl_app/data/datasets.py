@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl_app.config import DatasetConfig
+from fl_app.core.config import DatasetConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,35 @@ class ArrayDataset:
     def take(self, indices: np.ndarray) -> ArrayDataset:
         """Return the rows at ``indices``."""
         return ArrayDataset(self.x[indices], self.y[indices])
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's local training rows and its held-out validation rows."""
+
+    train: ArrayDataset
+    val: ArrayDataset
+
+
+@dataclass(frozen=True)
+class CentralData:
+    """The server's view: the central test set and the data's shape."""
+
+    test: ArrayDataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the features are images ``(h, w, c)`` rather than vectors."""
+        return len(self.input_shape) == 3
+
+
+@dataclass(frozen=True)
+class FederatedData(CentralData):
+    """All clients' data plus the server's central test set."""
+
+    clients: tuple[ClientData, ...] = ()
 
 
 def load_digits() -> ArrayDataset:

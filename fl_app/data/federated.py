@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fl_app.config import DatasetConfig, PartitionConfig, RunConfig
+from fl_app.core.config import DatasetConfig, PartitionConfig, RunConfig
+from fl_app.data.cache import cacheable, cached
 from fl_app.data.datasets import (
     ArrayDataset,
+    CentralData,
+    ClientData,
+    FederatedData,
     SyntheticClients,
     load_digits,
     load_hub,
@@ -33,35 +36,6 @@ from fl_app.data.datasets import (
 from fl_app.data.partitioning import partition_indices
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's local training rows and its held-out validation rows."""
-
-    train: ArrayDataset
-    val: ArrayDataset
-
-
-@dataclass(frozen=True)
-class CentralData:
-    """The server's view: the central test set and the data's shape."""
-
-    test: ArrayDataset
-    input_shape: tuple[int, ...]
-    num_classes: int
-
-    @property
-    def is_image(self) -> bool:
-        """Whether the features are images ``(h, w, c)`` rather than vectors."""
-        return len(self.input_shape) == 3
-
-
-@dataclass(frozen=True)
-class FederatedData(CentralData):
-    """All clients' data plus the server's central test set."""
-
-    clients: tuple[ClientData, ...] = ()
 
 
 def split_rows(
@@ -140,7 +114,6 @@ def _synthetic_test(
 def _load(
     dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int
 ) -> FederatedData:
-    from fl_app.data.cache import cached
 
     return cached(
         dataset,
@@ -240,8 +213,6 @@ def prepare_federated_data(cfg: RunConfig) -> bool:
     Keeps nothing in memory. Returns whether the cache now holds it (``False`` for
     hub and synthetic datasets and with the cache off, which this leaves alone).
     """
-    from fl_app.data.cache import cacheable, cached
-
     if not cacheable(cfg.dataset):
         return False
     args = (cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)

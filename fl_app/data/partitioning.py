@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fl_app.config import PartitionConfig
+from fl_app.core.config import PartitionConfig
 
 
 class PartitionError(ValueError):

@@ -19,7 +19,7 @@ FLOWER_PROCESS_MARKERS = (
     "raylet",
     "gcs_server",
     "ray::",
-    "fl_app.warm_worker",
+    "fl_app.deploy.warm_worker",
 )
 
 

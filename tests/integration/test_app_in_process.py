@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from fl_app.results import read_rows
+from fl_app.core.results import read_rows
 from tests.inprocess import InProcessGrid, run_in_process
 from tests.integration.conftest import TINY
 
@@ -28,8 +28,8 @@ def dense_model_bytes():
     """Serialized float32 size of the default CNN on digits (what FedAvg sends)."""
     from flwr.common import ndarrays_to_parameters
 
-    from fl_app.config import parse_run_config
-    from fl_app.training import get_compiled_model, model_key
+    from fl_app.core.config import parse_run_config
+    from fl_app.ml.training import get_compiled_model, model_key
     from strategies.fedavg import parameters_size
 
     key = model_key(parse_run_config({}), (8, 8, 1), 10)
@@ -160,8 +160,8 @@ def test_personalized_fixed_alpha_with_augmentation(tmp_path, alpha):
 def test_a_strategy_registered_in_a_test_runs_end_to_end(tmp_path, monkeypatch):
     from flwr.server.strategy.aggregate import aggregate_median
 
-    from fl_app import server_app
-    from fl_app.config import STRATEGY_SPECS, StrategySpec
+    from fl_app.core.config import STRATEGY_SPECS, StrategySpec
+    from fl_app.server import run as server_app
     from strategies.fedavg import FedAvg
 
     # Prepare: a strategy written here, in one class, registered under a new name
@@ -213,8 +213,8 @@ def test_a_strategy_registered_in_a_test_runs_end_to_end(tmp_path, monkeypatch):
 def test_a_workflow_and_summary_part_registered_in_a_test_drive_the_run(
     tmp_path, monkeypatch
 ):
-    from fl_app import server_app
-    from fl_app.config import STRATEGY_SPECS, StrategySpec
+    from fl_app.core.config import STRATEGY_SPECS, StrategySpec
+    from fl_app.server import run as server_app
 
     # Prepare: a strategy whose spec names its own workflow; the workflow runs the
     # usual rounds, then hands back the initial model instead of the trained one
@@ -316,7 +316,7 @@ def test_split_training_end_to_end(tmp_path, mode):
 
 
 def test_split_round_survives_a_client_failing_mid_round(tmp_path, monkeypatch):
-    from fl_app import split_client
+    from fl_app.features.split import client as split_client
 
     # Prepare: partition 1 fails its first backward step in round 1
     backward = split_client.SplitNode.backward
@@ -386,8 +386,8 @@ def test_an_attacked_round_stays_near_the_clean_one_under_the_norm_bound(tmp_pat
     # defence the global model is thrown ~10^6 steps away; with the norm bound
     # (2 x the round's median delta norm, clipped) it stays within one clean
     # round's step of the clean aggregate.
-    from fl_app.config import parse_run_config
-    from fl_app.training import get_compiled_model, model_key
+    from fl_app.core.config import parse_run_config
+    from fl_app.ml.training import get_compiled_model, model_key
 
     four = [
         "model=softmax",

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_app.deployment import LocalDeployment, make_credentials
-from fl_app.results import read_rows
+from fl_app.core.results import read_rows
+from fl_app.deploy.deployment import LocalDeployment, make_credentials
 from tests.data_files import client_file_arrays
 from tests.integration.conftest import run_entry
 

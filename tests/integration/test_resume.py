@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from fl_app.results import read_rows
+from fl_app.core.results import read_rows
 from tests.inprocess import InProcessGrid, run_in_process
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from fl_app.launcher import LocalSuperLink
-from fl_app.results import read_rows
+from fl_app.core.results import read_rows
+from fl_app.deploy.launcher import LocalSuperLink
 from tests.integration.conftest import ROOT, TINY, run_entry
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def test_a_run_killed_with_its_process_group_resumes_bit_equal(
     import sys
     import time
 
-    from fl_app.checkpoint import CheckpointError, RunLock
+    from fl_app.core.checkpoint import CheckpointError, RunLock
     from tests.integration.conftest import flower_processes
 
     out = tmp_path / "run"

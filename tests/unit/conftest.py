@@ -11,10 +11,10 @@ def fresh_model_cache():
     """
     import sys
 
-    training = sys.modules.get("fl_app.training")
+    training = sys.modules.get("fl_app.ml.training")
     if training is not None:
         training.clear_model_cache()
     yield
-    training = sys.modules.get("fl_app.training")
+    training = sys.modules.get("fl_app.ml.training")
     if training is not None:
         training.clear_model_cache()

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from fl_app.augmentation import check_image_input, make_augmenter
-from fl_app.config import AugmentationConfig, ConfigError, parse_run_config
+from fl_app.core.config import AugmentationConfig, ConfigError, parse_run_config
 from fl_app.data import ArrayDataset
-from fl_app.training import (
+from fl_app.features.augmentation.augmenter import check_image_input, make_augmenter
+from fl_app.ml.training import (
     clear_model_cache,
     evaluate_model,
     get_compiled_model,
@@ -75,11 +75,13 @@ def test_image_augmentation_on_vectors_fails_clearly():
 def test_augmented_client_configures_tensorflow_before_first_op(monkeypatch):
     # Ray sets OMP_NUM_THREADS for an actor; the client must size TensorFlow's pools
     # before its augmentation layers run the first op (TensorFlow refuses after).
-    from fl_app.client import KerasClient
-    from fl_app.training import configure_tensorflow
+    from fl_app.client.keras_client import KerasClient
+    from fl_app.ml.training import configure_tensorflow
 
     calls = []
-    monkeypatch.setattr("fl_app.client.configure_tensorflow", lambda: calls.append(1))
+    monkeypatch.setattr(
+        "fl_app.client.keras_client.configure_tensorflow", lambda: calls.append(1)
+    )
     cfg = parse_run_config(
         {"client-augmentation": "light", "client-augmentation-zoom": 0.1}
     )

@@ -1,4 +1,4 @@
-"""Server checkpoints (fl_app.checkpoint) and node state on disk (fl_app.node_state)."""
+"""Server checkpoints (core.checkpoint) and node state on disk (client.node_state)."""
 
 import random
 
@@ -12,7 +12,14 @@ from flwr.app import (
     RecordDict,
 )
 
-from fl_app.checkpoint import (
+from fl_app.client.node_state import (
+    LINEAGE,
+    RESTORED,
+    RESUMED_FROM,
+    NodeStateStore,
+    node_state_mod,
+)
+from fl_app.core.checkpoint import (
     CheckpointError,
     RunLock,
     check_resumable,
@@ -24,15 +31,8 @@ from fl_app.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from fl_app.config import ConfigError, parse_run_config
-from fl_app.node_state import (
-    LINEAGE,
-    RESTORED,
-    RESUMED_FROM,
-    NodeStateStore,
-    node_state_mod,
-)
-from fl_app.privacy import add_steps, steps_taken
+from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.features.privacy.dpsgd import add_steps, steps_taken
 from tests.inprocess import server_identity
 
 CONFIG = {"num-rounds": 5, "seed": 1, "output-dir": "/x", "resume": ""}
@@ -215,3 +215,14 @@ def test_node_state_mod_restores_once_on_a_resumed_run_then_saves_each_round(
     # without a lineage (checkpoints off) nothing is written
     node_state_mod(message(5), context, train)
     assert [r for r, _ in NodeStateStore(folder).versions()] == [2, 3, 4]
+
+
+def test_the_code_version_digests_the_project_sources():
+    # a digest of no files (a wrong root after a move) would call every version the
+    # same, and a resume would never warn that the code changed
+    import hashlib
+
+    from fl_app.core.checkpoint import code_version
+
+    empty = hashlib.sha256().hexdigest()[:12]
+    assert not code_version().endswith(empty)

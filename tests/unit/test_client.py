@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from fl_app.client import KerasClient, check_partition
-from fl_app.config import ConfigError, parse_run_config
-from fl_app.training import get_compiled_model
+from fl_app.client.keras_client import KerasClient
+from fl_app.client.node_data import check_partition
+from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.ml.training import get_compiled_model
 
 CFG = parse_run_config(
     {"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4}
@@ -106,8 +107,8 @@ def test_check_partition_mismatch_is_clear():
 
 
 def test_client_trains_the_width_it_is_sent():
-    from fl_app.config import ModelConfig
-    from fl_app.models import build_model
+    from fl_app.core.config import ModelConfig
+    from fl_app.ml.models import build_model
 
     client = KerasClient(CFG, 0, capacity=0.5)
     assert client.get_properties({})["capacity"] == 0.5

@@ -1,9 +1,9 @@
 import pytest
 from flwr.app import Context, RecordDict
 
-from fl_app.capacities import assign_capacities
 from fl_app.client_app import node_capacity
-from fl_app.config import ConfigError, default_run_config, parse_run_config
+from fl_app.core.config import ConfigError, default_run_config, parse_run_config
+from fl_app.features.hetero.capacities import assign_capacities
 from tests.data_files import client_file_arrays
 
 
@@ -31,7 +31,7 @@ def test_node_capacity_from_configured_shares_in_simulation():
 def test_dynamic_capacities_move_between_rounds_in_equal_shares():
     from collections import Counter
 
-    from fl_app.client import KerasClient
+    from fl_app.client.keras_client import KerasClient
 
     cfg = parse_run_config({"strategy": "hetero", "strategy-dynamic": True})
     assert node_capacity(cfg, context({"partition-id": 3}), 3) is None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.common import ndarrays_to_parameters
 
-from fl_app.compression import (
+from fl_app.features.compression.codecs import (
     ClientCodecs,
     Codec,
     CodecError,

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_app.config import (
+from fl_app.core.config import (
     ConfigError,
     app_config_toml,
     default_run_config,
@@ -78,7 +78,7 @@ def every_option():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fl_app.config import flatten_nested
+    from fl_app.core.config import flatten_nested
 
     composed = {}
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -124,8 +124,8 @@ def test_config_strategy_presets_parse(overrides, mode):
 
 
 def test_config_model_layers_match_builders():
-    from fl_app.config import MODEL_LAYERS
-    from fl_app.models import BUILDERS
+    from fl_app.core.config import MODEL_LAYERS
+    from fl_app.ml.models import BUILDERS
 
     for name, builder in BUILDERS.items():
         shape = (8, 8, 1) if name == "cnn" else (60,)
@@ -239,7 +239,7 @@ def test_config_hetero_capacities_override_with_quotes():
 
 
 def test_config_rules_read_a_strategys_capabilities_not_its_name(monkeypatch):
-    from fl_app.config import STRATEGY_SPECS, StrategySpec
+    from fl_app.core.config import STRATEGY_SPECS, StrategySpec
 
     # Prepare: two strategies the validator has never heard of
     monkeypatch.setitem(STRATEGY_SPECS, "dense-new", StrategySpec("dense-new"))
@@ -282,7 +282,7 @@ def test_config_a_registered_section_adds_keys_and_a_duplicate_key_is_refused(
 ):
     from dataclasses import dataclass
 
-    from fl_app import schema
+    from fl_app.core import schema
 
     @dataclass(frozen=True)
     class Extra:
@@ -306,7 +306,7 @@ def test_config_a_registered_section_adds_keys_and_a_duplicate_key_is_refused(
 def _mu_section():
     from dataclasses import dataclass
 
-    from fl_app import schema
+    from fl_app.core import schema
 
     @dataclass(frozen=True)
     class Mu:

@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fl_app.config import parse_run_config
+from fl_app.core.config import parse_run_config
 from fl_app.data import cache
 from fl_app.data.federated import _build
 
@@ -109,7 +109,7 @@ def test_cache_off_and_hub_datasets_always_build(monkeypatch, cache_root):
 
 def test_prepare_fills_the_cache_for_the_run_and_leaves_hub_data_alone(cache_root):
     from fl_app.data import prepare_federated_data
-    from fl_app.launcher import _prepare_data
+    from fl_app.deploy.launcher import _prepare_data
 
     flat = {
         "num-clients": 4,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fl_app.config import DatasetConfig
+from fl_app.core.config import DatasetConfig
 from fl_app.data import DatasetUnavailableError
 from fl_app.data.datasets import generate_synthetic, load_digits, load_hub
 

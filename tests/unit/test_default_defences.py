@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fl_app.config import ConfigError, parse_run_config
-from fl_app.robust import DefenceConfig
+from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.features.robust.server import defence_of
+from fl_app.features.robust.settings import DefenceConfig
 from strategies.defences import defend
 from strategies.fedavg import FedAvg
 
-DEFAULT = DefenceConfig().defence(parse_run_config({}))
+DEFAULT = defence_of(parse_run_config({}), DefenceConfig())
 OK = Status(code=Code.OK, message="")
 
 
@@ -162,7 +163,7 @@ def test_the_default_spares_compressed_updates():
     # sign (EF-SignSGD: scale x sign of each client's delta plus its residual) and
     # top-k 5 % int8, both with error feedback, as conf/compression's presets;
     # round 2's uploads (residuals carried), decoded as the server decodes them
-    from fl_app.compression import ClientCodecs
+    from fl_app.features.compression.codecs import ClientCodecs
 
     rng = np.random.default_rng(5)
     zero = [np.zeros((20, 20), np.float32)]
@@ -220,12 +221,10 @@ def test_the_default_gives_fedavg_the_same_aggregate_on_honest_clients():
 def test_the_default_is_off_where_the_server_cannot_judge_one_update_and_says_so(
     config, reason, caplog
 ):
-    from fl_app.server_app import defence_of
-
     cfg = parse_run_config(config)  # no error: the user did not ask for them
     defence = cfg.extra("defence")
     assert reason in defence.off_reason(cfg)
-    with caplog.at_level(logging.INFO, logger="fl_app.server_app"):
+    with caplog.at_level(logging.INFO, logger="fl_app.features.robust.server"):
         assert defence_of(cfg, defence) is None
     assert f"update defences off: {reason}" in caplog.text
 
@@ -241,11 +240,9 @@ def test_an_explicit_defence_is_refused_with_secagg_and_can_be_turned_off():
 
 
 def test_a_run_of_few_clients_is_told_the_median_bounds_never_apply(caplog):
-    from fl_app.server_app import defence_of
-
     cfg = parse_run_config(
         {"num-clients": 3, "clients-per-round": 3, "evaluate-clients-per-round": 3}
     )
-    with caplog.at_level(logging.INFO, logger="fl_app.server_app"):
+    with caplog.at_level(logging.INFO, logger="fl_app.features.robust.server"):
         assert defence_of(cfg, cfg.extra("defence")) is not None
     assert "clients-per-round=3 they never apply" in caplog.text

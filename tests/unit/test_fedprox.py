@@ -1,13 +1,13 @@
-"""FedProx through the client-technique extension point (fl_app.techniques.fedprox)."""
+"""FedProx through the client-technique extension point (features/fedprox)."""
 
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from fl_app.config import ConfigError, parse_run_config
+from fl_app.core.config import ConfigError, parse_run_config
 from fl_app.data import ArrayDataset
-from fl_app.training import get_compiled_model, model_key, train_local
+from fl_app.ml.training import get_compiled_model, model_key, train_local
 from tests.inprocess import compose_flat
 
 SOFTMAX_SGD = {
@@ -80,7 +80,7 @@ def test_fedprox_pulls_local_training_towards_the_global_model():
 
 
 def test_fedprox_trains_the_global_copy_of_personalized_clients():
-    from fl_app.personalization import get_personal_trainer
+    from fl_app.features.personalization.training import get_personal_trainer
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(32, 3)).astype(np.float32)
@@ -119,7 +119,7 @@ def test_fedprox_with_dp_sgd_adds_the_term_after_the_noise():
         }
     )
     model = get_compiled_model(model_key(cfg, (3,), 2))
-    from fl_app.training import train_local_dp
+    from fl_app.ml.training import train_local_dp
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(32, 3)).astype(np.float32)

@@ -1,9 +1,9 @@
-"""The conditional GAN's networks, local step and balancing counts (fl_app.gan)."""
+"""The conditional GAN's networks, local step and balancing counts (synthetic.gan)."""
 
 import numpy as np
 import pytest
 
-from fl_app.gan import (
+from fl_app.features.synthetic.gan import (
     GanTrainer,
     build_discriminator,
     build_generator,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from fl_app.config import ModelConfig
-from fl_app.models import build_model, scale_units
+from fl_app.core.config import ModelConfig
+from fl_app.ml.models import build_model, scale_units
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_scaler_divides_by_width_in_training_only():
         "fc2_scaler",
     ]
     x = np.random.default_rng(0).random((2, 6)).astype(np.float32)
-    from fl_app.training import keras
+    from fl_app.ml.training import keras
 
     fc1 = keras.Model(model.input, model.get_layer("fc1").output)
     scaled = keras.Model(model.input, model.get_layer("fc1_scaler").output)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fl_app.config import PartitionConfig, parse_run_config
+from fl_app.core.config import PartitionConfig, parse_run_config
 from fl_app.data import PartitionError, load_federated_data, partition_indices
 from fl_app.data.datasets import load_digits
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fl_app.client import KerasClient
-from fl_app.config import PersonalizationConfig, parse_run_config
-from fl_app.personalization import (
+from fl_app.client.keras_client import KerasClient
+from fl_app.core.config import PersonalizationConfig, parse_run_config
+from fl_app.features.personalization.training import (
     PersonalState,
     blend,
     get_personal_trainer,
@@ -12,7 +12,7 @@ from fl_app.personalization import (
     strip_local,
     weight_alphas,
 )
-from fl_app.training import get_compiled_model
+from fl_app.ml.training import get_compiled_model
 
 BASE = {"num-clients": 4, "clients-per-round": 4, "evaluate-clients-per-round": 4}
 
@@ -159,7 +159,7 @@ def test_evaluate_reports_global_and_personalized():
     # alpha = 1: the personalized model is the local model exactly
     model = get_compiled_model(client.key)
     model.set_weights(PersonalState(state).load()[0])
-    from fl_app.training import evaluate_model
+    from fl_app.ml.training import evaluate_model
 
     assert metrics["personalized_accuracy"] == evaluate_model(model, client.data.val)[1]
     assert 0 <= metrics["accuracy"] <= 1 and loss > 0

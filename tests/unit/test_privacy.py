@@ -8,10 +8,10 @@ import dp_accounting
 import numpy as np
 import pytest
 
-from fl_app.client import KerasClient
-from fl_app.config import ConfigError, DpSgdConfig, parse_run_config
-from fl_app.privacy import dp_sgd_steps, epsilon
-from fl_app.training import (
+from fl_app.client.keras_client import KerasClient
+from fl_app.core.config import ConfigError, DpSgdConfig, parse_run_config
+from fl_app.features.privacy.dpsgd import dp_sgd_steps, epsilon
+from fl_app.ml.training import (
     get_compiled_model,
     model_key,
     train_local_dp,

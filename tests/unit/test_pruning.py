@@ -5,11 +5,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fl_app.client import KerasClient
-from fl_app.config import ConfigError, parse_run_config
-from fl_app.pruning import mask_agreement, prunable_arrays, sparsity_by_round
-from fl_app.server_app import build_transport
-from fl_app.training import get_compiled_model
+from fl_app.client.keras_client import KerasClient
+from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.features.pruning.pruning import (
+    mask_agreement,
+    prunable_arrays,
+    sparsity_by_round,
+)
+from fl_app.ml.training import get_compiled_model
+from fl_app.server.run import build_transport
 
 PRUNED = {
     "pruning": "polynomial",

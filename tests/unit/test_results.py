@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fl_app.results import RunRecorder, format_phase_round, read_rows, scalars
+from fl_app.core.results import RunRecorder, format_phase_round, read_rows, scalars
 
 
 def tensorboard_scalars(log_dir):
@@ -96,7 +96,7 @@ def test_a_phase_round_progress_line():
 def test_a_deadline_grid_drops_late_replies_and_counts_them():
     from types import SimpleNamespace
 
-    from fl_app.server_app import DeadlineGrid
+    from fl_app.server.grids import DeadlineGrid
 
     def message(dst):
         return SimpleNamespace(
@@ -153,7 +153,7 @@ def test_a_simulation_waits_for_its_nodes_while_they_register(
 ):
     import flwr.superlink.grid.inmemory_grid as inmemory
 
-    from fl_app import server_app
+    from fl_app.server import grids as server_app
 
     class Registering:
         def __init__(self):
@@ -179,8 +179,8 @@ def test_partition_ids_are_asked_in_batches_and_every_node_is_mapped():
 
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from fl_app import exchange
-    from fl_app.config import parse_run_config
+    from fl_app.core import exchange
+    from fl_app.core.config import parse_run_config
     from tests.inprocess import server_identity
 
     class Grid:

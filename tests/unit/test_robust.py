@@ -12,7 +12,7 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 
-from fl_app.config import ConfigError, parse_run_config
+from fl_app.core.config import ConfigError, parse_run_config
 from strategies.attacks import Attack, alie_z
 from strategies.defences import Defence, defend, delta_norm
 from strategies.fedavg import FedAvg
@@ -173,7 +173,10 @@ def test_robust_settings_are_refused_where_they_cannot_hold():
 
 
 def test_an_attack_is_refused_outside_simulation():
-    from fl_app.robust_server import is_simulation, refuse_attacks_outside_simulation
+    from fl_app.features.robust.server import (
+        is_simulation,
+        refuse_attacks_outside_simulation,
+    )
 
     class Run:
         cfg = parse_run_config({"attack": "scaled"})
@@ -185,7 +188,7 @@ def test_an_attack_is_refused_outside_simulation():
 
 
 def test_a_label_flipping_attacker_trains_on_flipped_labels_only():
-    from fl_app.client import KerasClient
+    from fl_app.client.keras_client import KerasClient
 
     base = {"num-clients": 3, "clients-per-round": 3, "evaluate-clients-per-round": 3}
     flip = {**base, "attack": "label_flip", "attack-clients": "1"}
@@ -200,9 +203,10 @@ def test_a_label_flipping_attacker_trains_on_flipped_labels_only():
 
 
 def test_the_configs_tables_agree_with_the_strategies():
-    # fl_app.robust keeps the rule names, their client-count conditions and the
+    # fl_app.features.robust.settings keeps the rule names, their client-count
+    # conditions and the
     # attack names for the config (ClientApps never import strategies/)
-    from fl_app import robust as settings
+    from fl_app.features.robust import settings
     from strategies import attacks
     from strategies.robust import RULES
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from fl_app.capacities import assign_capacities
-from fl_app.config import ConfigError, HeteroConfig, ModelConfig, parse_run_config
-from fl_app.models import build_model
-from fl_app.slicing import SlicingError, model_layout, sizes_by_width
-from fl_app.training import keras
+from fl_app.core.config import ConfigError, HeteroConfig, ModelConfig, parse_run_config
+from fl_app.features.hetero.capacities import assign_capacities
+from fl_app.features.hetero.slicing import SlicingError, model_layout, sizes_by_width
+from fl_app.ml.models import build_model
+from fl_app.ml.training import keras
 from strategies.hetero_slicing import AxisMap, make_windows, slice_weights
 
 

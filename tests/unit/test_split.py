@@ -1,12 +1,13 @@
-"""Split training's numerical core (fl_app.split) and the edge's message handlers."""
+"""Split training's numerical core (split.model) and the edge's message handlers."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fl_app.config import ConfigError, parse_run_config
-from fl_app.split import (
+from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.features.split.client import SplitNode, batch_indices
+from fl_app.features.split.model import (
     ClientPart,
     ServerPart,
     aux_head_params,
@@ -15,8 +16,7 @@ from fl_app.split import (
     forward_flops,
     split_model,
 )
-from fl_app.split_client import SplitNode, batch_indices
-from fl_app.training import get_compiled_model, model_key
+from fl_app.ml.training import get_compiled_model, model_key
 
 SGD = {"client-optimizer": "sgd", "client-learning-rate": 0.1}
 
@@ -203,7 +203,7 @@ def test_split_config_refuses_what_cannot_combine():
 def test_split_server_rejects_malformed_chunks_and_client_parts():
     from types import SimpleNamespace
 
-    from fl_app.split_server import RoundTally, SplitServer
+    from fl_app.features.split.server import RoundTally, SplitServer
 
     cfg = parse_run_config(
         {

@@ -1,5 +1,6 @@
 """Synthetic data from a federated conditional GAN: node handlers, the GAN round on
-the server, balancing, refusals (fl_app.synthetic, fl_app.synthetic_server)."""
+the server, balancing, refusals (fl_app.features.synthetic.client,
+fl_app.features.synthetic.server)."""
 
 from types import SimpleNamespace
 
@@ -7,10 +8,9 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fl_app.client import KerasClient
-from fl_app.config import ConfigError, default_run_config, parse_run_config
-from fl_app.gan import GAN_FILL, GAN_TRAIN
-from fl_app.synthetic import (
+from fl_app.client.keras_client import KerasClient
+from fl_app.core.config import ConfigError, default_run_config, parse_run_config
+from fl_app.features.synthetic.client import (
     STATE_GENERATOR,
     STATE_PRIVACY,
     SyntheticNode,
@@ -18,6 +18,7 @@ from fl_app.synthetic import (
     synthetic_handler,
     with_synthetic_rows,
 )
+from fl_app.features.synthetic.gan import GAN_FILL, GAN_TRAIN
 from tests.inprocess import InProcessGrid, server_identity
 
 TINY = {
@@ -54,7 +55,7 @@ def gan_message(node, server_round):
 
 
 def node_networks(node):
-    from fl_app.synthetic import get_trainer
+    from fl_app.features.synthetic.client import get_trainer
 
     trainer = get_trainer(node.shape, node.num_classes, node.synthetic, 0)
     trainer.generator.set_weights(
@@ -92,7 +93,7 @@ def test_dp_gan_steps_are_accounted_in_the_node_state_and_never_go_back():
     assert first == pytest.approx(gan_epsilon(syn, 2, n))
     assert second == pytest.approx(gan_epsilon(syn, 4, n)) and second > first
     # q = batch / rows, σ = the discriminator's noise multiplier, δ its delta
-    from fl_app.privacy import epsilon
+    from fl_app.features.privacy.dpsgd import epsilon
 
     assert second == pytest.approx(epsilon(4, 16 / n, 1.5, 1e-5))
 
@@ -138,7 +139,7 @@ def test_balancing_adds_generated_training_rows_and_never_touches_validation():
     assert len(client.data.train) == len(data.train)
     assert client.num_real == len(node.data.train) and client.num_synthetic == added
     seen = []
-    import fl_app.client as client_module
+    import fl_app.client.keras_client as client_module
 
     original = client_module.evaluate_model
 
@@ -209,7 +210,7 @@ class RecordingGrid(InProcessGrid):
 def gan_server():
     from fl_app.client_app import app
     from fl_app.data import load_federated_data
-    from fl_app.synthetic_server import GanServer
+    from fl_app.features.synthetic.server import GanServer
 
     cfg = parse_run_config(TINY)
     nodes = [{"partition-id": pid, "num-partitions": 3} for pid in range(3)]
@@ -246,7 +247,7 @@ def test_a_non_finite_gan_update_is_rejected_and_the_round_goes_on(
     monkeypatch, gan_server
 ):
     server, _ = gan_server
-    import fl_app.synthetic as synthetic
+    import fl_app.features.synthetic.client as synthetic
 
     honest = synthetic.SyntheticNode.train
 
@@ -270,7 +271,7 @@ def test_a_round_whose_updates_are_all_rejected_keeps_both_networks(
     monkeypatch, gan_server
 ):
     server, _ = gan_server
-    import fl_app.synthetic as synthetic
+    import fl_app.features.synthetic.client as synthetic
 
     honest = synthetic.SyntheticNode.train
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from fl_app.config import parse_run_config
+from fl_app.core.config import parse_run_config
 from fl_app.data import ArrayDataset
-from fl_app.training import (
+from fl_app.ml.training import (
     LabelMaskedLoss,
     evaluate_model,
     get_compiled_model,

@@ -12,7 +12,7 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 
-from fl_app.compression import Codec
+from fl_app.features.compression.codecs import Codec
 from strategies.aggregation import magnitude_mask
 from strategies.fedavg import FedAvg, parameters_size
 from strategies.transport import ServerPruner, Transport

@@ -16,8 +16,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_app import client_app, warm_worker
-from fl_app.config import default_run_config
+from fl_app import client_app
+from fl_app.client import warm_link
+from fl_app.core.config import default_run_config
+from fl_app.deploy import warm_worker
 from tests.inprocess import server_identity
 
 NOBODY = 65534
@@ -63,7 +65,7 @@ def counting_app() -> ClientApp:
 def worker_dir(tmp_path, monkeypatch):
     path = tmp_path / "workers"
     path.mkdir(mode=0o700)
-    monkeypatch.setenv(warm_worker.DIR_ENV, str(path))
+    monkeypatch.setenv(warm_link.DIR_ENV, str(path))
     return path
 
 
@@ -91,9 +93,9 @@ def test_frames_carry_flowers_records_both_ways():
     message, context = message_and_context()
     left, right = socket.socketpair()
     with left, right:
-        warm_worker.send_frames(left, *warm_worker.encode(message, context))
-        got, got_context = warm_worker.decode(
-            warm_worker.recv_frame(right), warm_worker.recv_frame(right)
+        warm_link.send_frames(left, *warm_link.encode(message, context))
+        got, got_context = warm_link.decode(
+            warm_link.recv_frame(right), warm_link.recv_frame(right)
         )
     assert got.metadata.message_id == message.metadata.message_id
     assert got.metadata.message_type == "train" and got.metadata.group_id == "1"
@@ -108,10 +110,10 @@ def test_frames_carry_flowers_records_both_ways():
 def test_a_frame_cut_short_is_an_error_not_a_short_read():
     left, right = socket.socketpair()
     with right:
-        left.sendall(warm_worker._HEADER.pack(100) + b"x" * 10)
+        left.sendall(warm_link._HEADER.pack(100) + b"x" * 10)
         left.close()
         with pytest.raises(EOFError):
-            warm_worker.recv_frame(right)
+            warm_link.recv_frame(right)
 
 
 def test_the_worker_answers_and_the_state_comes_back(worker_dir):
@@ -121,7 +123,7 @@ def test_the_worker_answers_and_the_state_comes_back(worker_dir):
         for expected in (2, 3):  # the state goes through the worker and back
             message, context = message_and_context()
             context.state["seen"]["count"] = expected - 1
-            reply = warm_worker.call(path, message, context, idle_s=0)
+            reply = warm_link.call(path, message, context, idle_s=0)
             assert context.state["seen"]["count"] == expected
             assert reply.metadata.reply_to_message_id == message.metadata.message_id
             np.testing.assert_array_equal(
@@ -130,8 +132,8 @@ def test_the_worker_answers_and_the_state_comes_back(worker_dir):
         # the app's own failure comes back as the message's error, state untouched
         message, context = message_and_context()
         message.content["fail"] = ConfigRecord({"yes": True})
-        with pytest.raises(warm_worker.WorkerRefused, match="the app failed"):
-            warm_worker.call(path, message, context, idle_s=0)
+        with pytest.raises(warm_link.WorkerRefused, match="the app failed"):
+            warm_link.call(path, message, context, idle_s=0)
         assert context.state["seen"]["count"] == 1
         # the socket is the owner's only
         assert (path.stat().st_mode & 0o777) == 0o600
@@ -148,7 +150,7 @@ def test_the_worker_drops_its_cached_models_when_another_run_begins(worker_dir):
         for run_id in (7, 7, 8, 8, 7):
             message, context = message_and_context()
             context.run_id = run_id
-            warm_worker.call(path, message, context, idle_s=0)
+            warm_link.call(path, message, context, idle_s=0)
         # cleared as run 8 began (after run 7) and as run 7 came back
         assert cleared == [7, 8] and scope.run_id == 7
     finally:
@@ -163,13 +165,13 @@ def test_a_worker_gone_mid_message_fails_that_message(worker_dir):
 
     def die_after_reading():  # like a worker killed while it trains
         conn, _ = listener.accept()
-        warm_worker.recv_frame(conn)
+        warm_link.recv_frame(conn)
         conn.close()
 
     threading.Thread(target=die_after_reading, daemon=True).start()
     message, context = message_and_context()
-    with pytest.raises(warm_worker.WorkerLost, match="restarted by the next message"):
-        warm_worker.call(path, message, context, idle_s=0)
+    with pytest.raises(warm_link.WorkerLost, match="restarted by the next message"):
+        warm_link.call(path, message, context, idle_s=0)
     assert context.state["seen"]["count"] == 1
     listener.close()
 
@@ -194,9 +196,9 @@ def test_a_socket_directory_others_may_enter_is_refused(tmp_path, monkeypatch):
     loose = tmp_path / "loose"
     loose.mkdir()
     loose.chmod(0o755)
-    monkeypatch.setenv(warm_worker.DIR_ENV, str(loose))
-    with pytest.raises(warm_worker.WorkerUnavailable, match="mode 755"):
-        warm_worker.socket_dir()
+    monkeypatch.setenv(warm_link.DIR_ENV, str(loose))
+    with pytest.raises(warm_link.WorkerUnavailable, match="mode 755"):
+        warm_link.socket_dir()
 
 
 def test_the_clientapp_runs_the_message_itself_without_a_worker(
@@ -205,7 +207,7 @@ def test_the_clientapp_runs_the_message_itself_without_a_worker(
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o777)
     loose.chmod(0o777)
-    monkeypatch.setenv(warm_worker.DIR_ENV, str(loose))
+    monkeypatch.setenv(warm_link.DIR_ENV, str(loose))
     monkeypatch.setattr(client_app, "in_clientapp_process", lambda: True)
     message, context = message_and_context()
     ran = []
@@ -235,7 +237,7 @@ OTHER_PYTHON = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")
 def test_another_users_process_is_refused(monkeypatch):
     # a directory of its own under /tmp: pytest's own is closed to other users
     worker_dir = Path(tempfile.mkdtemp(prefix="fl-dnn-test-"))
-    monkeypatch.setenv(warm_worker.DIR_ENV, str(worker_dir))
+    monkeypatch.setenv(warm_link.DIR_ENV, str(worker_dir))
     path = worker_dir / "node.sock"
     thread = serve_in_thread(path, counting_app())
     connect = (
@@ -246,7 +248,10 @@ def test_another_users_process_is_refused(monkeypatch):
         "except PermissionError:\n"
         "    print('no entry'); sys.exit()\n"
         "s.settimeout(5)\n"
-        "print(s.recv(64)[8:])\n"
+        "data = b''\n"
+        "while chunk := s.recv(64):  # a stream: the header and frame may split\n"
+        "    data += chunk\n"
+        "print(data[8:])\n"
     )
 
     def as_nobody():
@@ -268,7 +273,7 @@ def test_another_users_process_is_refused(monkeypatch):
         assert "refused: another user" in as_nobody()
         # the owner is still served
         message, context = message_and_context()
-        warm_worker.call(path, message, context, idle_s=0)
+        warm_link.call(path, message, context, idle_s=0)
         assert context.state["seen"]["count"] == 2
     finally:
         worker_dir.chmod(0o700)
@@ -288,7 +293,7 @@ def test_the_idle_timeout_setting_reaches_the_worker_it_starts(worker_dir, monke
         def poll(self):
             return self.returncode
 
-    monkeypatch.setattr(warm_worker.subprocess, "Popen", Exited)
+    monkeypatch.setattr(warm_link.subprocess, "Popen", Exited)
     message, context = message_and_context(
         {**default_run_config(), "warm-worker-idle-s": 42.0}
     )

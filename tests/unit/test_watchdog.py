@@ -1,4 +1,4 @@
-"""fl_app.watchdog finds a launch's processes by token and descent, and stops them."""
+"""The watchdog finds a launch's processes by token and descent, and stops them."""
 
 import os
 import signal
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_app.watchdog import MARKER, marked_processes, stop_all
+from fl_app.deploy.watchdog import MARKER, marked_processes, stop_all
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="needs procfs"

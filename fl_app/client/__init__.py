@@ -1,0 +1,1 @@
+"""The client side: the Keras client, its training pipeline, node state."""

@@ -1,0 +1,214 @@
+"""Messages beyond Flower's train/evaluate rounds: both ends of the exchange.
+
+Workflows with their own message flow (split training, the synthetic-data GAN
+phase) send typed messages through the ``Grid`` and answer them on the nodes:
+
+- server side, :class:`NodeExchange`: send one message per node and collect the
+  replies within the round's deadline, counting bytes per kind and per node
+  (:class:`RoundTally`); ask every node once for its partition id
+  (``query.node_info``); sample nodes by partition id from the run's seed, so the
+  seed reproduces which clients take part whatever the node ids are;
+- node side, :func:`handlers_mod`: a ``ClientApp`` built with ``client_fn`` only
+  answers ``train``, ``evaluate`` and ``query``, but its mods see every message; this
+  mod answers the message types registered with :func:`register_handler` and passes
+  everything else on.
+
+Imports neither TensorFlow nor the client modules (the ServerApp imports it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from fl_app.core.schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+INFO = "query.node_info"  # the node's partition id and row counts
+
+
+def arrays(record: RecordDict, name: str) -> list[np.ndarray]:
+    """Return the arrays of ``record[name]``, failing clearly when it is missing."""
+    if name not in record.array_records:
+        raise ValueError(f"message without '{name}' arrays")
+    return record.array_records[name].to_numpy_ndarrays()
+
+
+def record_bytes(content: RecordDict) -> dict[str, int]:
+    """Return the serialized array bytes of a message's content, per record name."""
+    return {
+        name: sum(len(array.data) for array in record.values())
+        for name, record in content.array_records.items()
+    }
+
+
+@dataclass
+class RoundTally:
+    """What one round exchanged: bytes by kind and per node, messages, failures.
+
+    ``kinds`` maps a record name to the byte-count key it is accounted under; other
+    records count as ``bytes_weights_up`` / ``bytes_weights_down``.
+    """
+
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    up: dict[int, int] = field(default_factory=dict)
+    down: dict[int, int] = field(default_factory=dict)
+    messages: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    server_compute_s: float = 0.0
+    # time.monotonic() by which the round's exchanges must be answered (None: wait)
+    deadline: float | None = None
+
+    def count(self, node: int, content: RecordDict, direction: str) -> None:
+        """Account one message's arrays (``direction``: ``up`` or ``down``)."""
+        for name, size in record_bytes(content).items():
+            key = self.kinds.get(name, f"bytes_weights_{direction}")
+            self.totals[key] = self.totals.get(key, 0) + size
+            per_node = self.up if direction == "up" else self.down
+            per_node[node] = per_node.get(node, 0) + size
+
+
+DISCOVER_BATCH = 256  # nodes asked for their partition id at once
+
+
+class NodeExchange:
+    """Typed messages to the run's nodes through ``run.grid``, by partition id.
+
+    ``name`` prefixes log lines and errors (``split``, ``synthetic``).
+    """
+
+    name = "exchange"
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.cfg = run.cfg
+        self.partitions: dict[int, int] = {}  # node id -> partition id
+
+    def exchange(
+        self,
+        contents: Mapping[int, RecordDict],
+        message_type: str,
+        server_round: int,
+        tally: RoundTally,
+    ) -> dict[int, RecordDict]:
+        """Send one message per node and return the replies that came back."""
+        if not contents:
+            return {}
+        messages = []
+        for node, content in contents.items():
+            tally.count(node, content, "down")
+            messages.append(
+                Message(content, node, message_type, group_id=str(server_round))
+            )
+        timeout = None
+        if tally.deadline is not None:  # what is left of the round's round_timeout
+            timeout = max(tally.deadline - time.monotonic(), 0.001)
+        replies: dict[int, RecordDict] = {}
+        tally.messages += len(messages)
+        for reply in self.run.grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            tally.messages += 1
+            if reply.has_error():
+                reason = reply.error.reason
+                log.warning(
+                    "%s %s: node %s failed: %s", self.name, message_type, node, reason
+                )
+                tally.failures[node] = reason
+                continue
+            tally.count(node, reply.content, "up")
+            replies[node] = reply.content
+        for node in set(contents) - set(replies) - set(tally.failures):
+            tally.failures[node] = (
+                f"no reply to {message_type} within the round's "
+                f"round-timeout ({self.cfg.round_timeout:g} s)"
+            )
+            log.warning("%s %s: node %s did not reply", self.name, message_type, node)
+        return replies
+
+    def discover(self, needed: int) -> None:
+        """Ask every node for its partition id (sampling is by partition id).
+
+        In batches of :data:`DISCOVER_BATCH` nodes: a grid's wait for replies scans
+        every message still pending at each poll, which made one exchange with
+        10,000 nodes quadratic (Flower's ``InMemoryLinkState.get_message_res``).
+        """
+        tally = RoundTally()
+        nodes = list(self.run.grid.get_node_ids())
+        replies: dict[int, RecordDict] = {}
+        for start in range(0, len(nodes), DISCOVER_BATCH):
+            batch = nodes[start : start + DISCOVER_BATCH]
+            replies |= self.exchange(
+                {node: RecordDict() for node in batch}, INFO, 0, tally
+            )
+        for node, content in replies.items():
+            try:
+                self.partitions[node] = int(
+                    content.config_records["info"]["partition_id"]
+                )
+            except (KeyError, TypeError, ValueError):
+                tally.failures[node] = f"no partition id in its {INFO} reply"
+                log.warning(
+                    "%s: node %s sent no partition id; not sampled", self.name, node
+                )
+        if len(self.partitions) < needed:
+            raise RuntimeError(
+                f"{self.name}: {len(self.partitions)} node(s) answered {INFO}, "
+                f"{needed} needed; failures: {tally.failures}"
+            )
+
+    def by_partition(self, nodes: Iterable[int]) -> list[int]:
+        """Return ``nodes`` in partition-id order."""
+        return sorted(nodes, key=self.partitions.__getitem__)
+
+    def sample(self, server_round: int, count: int, stream: int) -> list[int]:
+        """Return ``count`` node ids drawn by partition id from the run's seed."""
+        by_pid = self.by_partition(self.partitions)
+        rng = np.random.default_rng([self.cfg.seed, server_round, stream])
+        chosen = rng.choice(len(by_pid), size=count, replace=False)
+        return self.by_partition(by_pid[i] for i in chosen)
+
+
+# -- node side ----------------------------------------------------------------------
+
+Handler = Callable[[Message, Context], RecordDict]
+"""``handler(message, context) -> reply content`` for one registered message type."""
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def register_handler(message_types: Iterable[str], handler: Handler) -> None:
+    """Make :func:`handlers_mod` answer ``message_types`` with ``handler``."""
+    for message_type in message_types:
+        HANDLERS[message_type] = handler
+
+
+def handlers_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Answer the registered message types; pass every other message on."""
+    handler = HANDLERS.get(msg.metadata.message_type)
+    if handler is None:
+        return call_next(msg, context)
+    return Message(handler(msg, context), reply_to=msg)
+
+
+def require_feature(config: Any, key: str, message_type: str) -> None:
+    """Fail clearly when a node gets a feature's message but the feature is off."""
+    if config is None:
+        raise ConfigError(
+            f"received a '{message_type}' message but run config key '{key}' is 'none'"
+        )
+
+
+def info_reply(partition_id: int, **counts: int) -> RecordDict:
+    """Return the reply to ``query.node_info``: partition id and row counts."""
+    return RecordDict({"info": ConfigRecord({"partition_id": partition_id, **counts})})

@@ -1,0 +1,6 @@
+"""Heterogeneous width slicing (HeteroFL, FedRolex).
+
+``slicing`` maps a model to its sliceable layout, ``capacities`` gives each
+partition its capacity, ``server`` builds the ``hetero`` strategy and reports
+accuracy by width; the math is ``strategies/hetero_slicing.py``.
+"""

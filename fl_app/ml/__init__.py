@@ -1,0 +1,1 @@
+"""Keras model builders, local training steps and the per-process model cache."""

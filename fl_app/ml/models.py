@@ -1,0 +1,149 @@
+"""Keras model builders with a width multiplier and explicitly named layers.
+
+Hidden widths scale with ``width`` (``units = max(1, int(round(units * width)))``,
+as Keras' MobileNet scales filters with ``alpha``); the input and the class layer keep
+their size, so a width-r model is a slice of the width-1 model. Layer names are
+stable across widths so masks and slices can be keyed by name.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.core.config import ModelConfig
+
+keras = tf.keras
+
+
+def scale_units(units: int, width: float) -> int:
+    """Return the hidden width of a layer of ``units`` at width multiplier ``width``."""
+    if not 0 < width <= 1:
+        raise ValueError(f"width multiplier must be in (0, 1], received {width!r}")
+    return max(1, int(round(units * width)))
+
+
+class Scaler(keras.layers.Layer):
+    """HeteroFL's scaler: divide activations by the width, in training only.
+
+    A width-r sub-network sums about r times fewer inputs into each unit than the full
+    network; scaling its hidden activations by 1/r while it trains keeps the shared
+    weights calibrated for the full model (Diao et al., 2021). Inference is unscaled.
+    """
+
+    def __init__(self, rate: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.rate = rate
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """Scale by ``1 / rate`` when training."""
+        return inputs / self.rate if training else inputs
+
+    def get_config(self) -> dict:
+        """Return the layer config (for saving)."""
+        return {**super().get_config(), "rate": self.rate}
+
+
+def _hidden(x: tf.Tensor, layer: keras.layers.Layer, width: float, scaler: bool):
+    x = layer(x)
+    if scaler and width < 1:
+        x = Scaler(width, name=f"{layer.name}_scaler")(x)
+    return x
+
+
+def build_cnn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: float = 1.0,
+    scaler: bool = False,
+) -> keras.Model:
+    """Small CNN for images: two 3x3 convolutions, max pooling, one dense layer.
+
+    ``scaler`` adds a :class:`Scaler` after each hidden layer of a narrow model.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"build_cnn needs image input (h, w, c), received {input_shape}"
+        )
+    inputs = keras.Input(shape=input_shape, name="input")
+    conv = keras.layers.Conv2D
+    x = _hidden(
+        inputs,
+        conv(
+            scale_units(32, width), 3, padding="same", activation="relu", name="conv1"
+        ),
+        width,
+        scaler,
+    )
+    x = _hidden(
+        x,
+        conv(
+            scale_units(64, width), 3, padding="same", activation="relu", name="conv2"
+        ),
+        width,
+        scaler,
+    )
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = _hidden(
+        x,
+        keras.layers.Dense(scale_units(128, width), activation="relu", name="fc1"),
+        width,
+        scaler,
+    )
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
+        x
+    )
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def build_mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: float = 1.0,
+    scaler: bool = False,
+) -> keras.Model:
+    """Two hidden ReLU layers (200 units at width 1) on flattened input."""
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for name in ("fc1", "fc2"):
+        dense = keras.layers.Dense(
+            scale_units(200, width), activation="relu", name=name
+        )
+        x = _hidden(x, dense, width, scaler)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
+        x
+    )
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def build_softmax(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: float = 1.0,
+    scaler: bool = False,
+) -> keras.Model:
+    """Multinomial logistic regression (no hidden layer: no width, no scaler)."""
+    del width, scaler
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
+        x
+    )
+    return keras.Model(inputs, outputs, name="softmax")
+
+
+BUILDERS = {"cnn": build_cnn, "mlp": build_mlp, "softmax": build_softmax}
+
+
+def build_model(
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: float | None = None,
+    scaler: bool = False,
+) -> keras.Model:
+    """Build (not compile) the configured model; ``width`` overrides ``cfg.width``."""
+    return BUILDERS[cfg.name](
+        input_shape, num_classes, cfg.width if width is None else width, scaler
+    )

@@ -1,0 +1,424 @@
+"""Compiled Keras models cached per process, and the local train/evaluate steps.
+
+Building and compiling a Keras model and tracing its ``tf.function`` costs far more
+than a training step of a small model, so each worker process keeps one compiled
+model per graph-changing key and reuses it for every client it serves. Nothing may
+leak between those clients: weights are always set from the message, the optimizer
+state is zeroed before every local training, and shuffling uses a generator seeded
+per (run seed, round, client), never global state.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.core.config import ClientConfig, DpSgdConfig, ModelConfig, RunConfig
+from fl_app.core.techniques import ClientTechnique, active_techniques, make_techniques
+from fl_app.data import ArrayDataset
+from fl_app.features.augmentation.augmenter import Augmenter
+from fl_app.ml.models import build_model
+
+log = logging.getLogger(__name__)
+keras = tf.keras
+
+
+@functools.cache
+def configure_tensorflow() -> None:
+    """Make TensorFlow deterministic and size its thread pools; once per process.
+
+    Ray sets ``OMP_NUM_THREADS`` to the CPUs reserved for an actor. TensorFlow's own
+    pools ignore it and default to every core, so two one-CPU workers on two cores
+    would run four busy threads; follow the reservation instead.
+    """
+    tf.config.experimental.enable_op_determinism()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+        except RuntimeError as err:  # TensorFlow ran an op before this call
+            log.warning("could not size TensorFlow's thread pools: %s", err)
+
+
+def make_optimizer(cfg: ClientConfig) -> keras.optimizers.Optimizer:
+    """Return the configured Keras optimizer."""
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=cfg.learning_rate)
+    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """Everything that changes the compiled graph; the model cache's key."""
+
+    model: ModelConfig
+    client: ClientConfig
+    input_shape: tuple[int, ...]
+    num_classes: int
+    width: float
+    scaler: bool = False  # HeteroFL's training-time scaler (narrow hetero clients)
+    pruning: bool = False  # Conv2D/Dense wrapped by tfmot's prune_low_magnitude
+    dpsgd: DpSgdConfig | None = None  # tensorflow-privacy's DP optimizer
+    # (name, config) of the client techniques that are on (fl_app.core.techniques)
+    techniques: tuple[tuple[str, Any], ...] = ()
+
+
+def model_key(
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int
+) -> ModelKey:
+    """Return the compiled-model cache key of a run's global model."""
+    return ModelKey(
+        model=cfg.model,
+        client=cfg.client,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        width=cfg.model.width,
+        pruning=cfg.pruning is not None,
+        dpsgd=cfg.dpsgd,
+        techniques=active_techniques(cfg.extras),
+    )
+
+
+_MODEL_CACHE: dict[ModelKey, keras.Model] = {}
+# The client techniques hooked into each compiled model's optimizer.
+_TECHNIQUES: weakref.WeakKeyDictionary[keras.Model, list[ClientTechnique]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def hook_techniques(
+    key: ModelKey, optimizer: keras.optimizers.Optimizer, variables: list
+) -> tuple[keras.optimizers.Optimizer, list[ClientTechnique]]:
+    """Let each technique of ``key`` wrap the optimizer that trains ``variables``."""
+    techniques = make_techniques(key.techniques)
+    for technique in techniques:
+        optimizer = technique.wrap_optimizer(optimizer, variables)
+    return optimizer, techniques
+
+
+def begin_techniques(techniques: list[ClientTechnique], variables: list) -> None:
+    """Start a local training for each technique (weights as the server sent)."""
+    for technique in techniques:
+        technique.begin(variables)
+
+
+def end_techniques(
+    techniques: list[ClientTechnique], variables: list
+) -> Mapping[str, float]:
+    """Finish a local training; return the techniques' metrics."""
+    metrics: dict[str, float] = {}
+    for technique in techniques:
+        metrics.update(technique.end(variables))
+    return metrics
+
+
+class LabelMaskedLoss:
+    """Cross-entropy of the softmax restricted to the classes in ``mask``.
+
+    HeteroFL's masking trick for non-IID labels (Diao et al., 2021): a client scores
+    only the classes its data holds, so it does not push the other classes' outputs
+    down. The mask is a variable the training step reads;
+    :func:`train_local` sets it per client and restores all ones afterwards, so
+    evaluation scores every class.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.mask = tf.Variable(
+            tf.ones(num_classes), trainable=False, name="label_mask"
+        )
+        self.__name__ = "label_masked_crossentropy"
+
+    def __call__(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """Return the per-example masked cross-entropy.
+
+        Works on the classifier's logits (the input of its softmax, as Keras' own
+        cross-entropy does), with absent classes' logits replaced by a constant, so
+        their weights get exactly zero gradient; renormalizing the probabilities
+        instead leaves float rounding noise that Adam would turn into full steps.
+        """
+        logits = _softmax_logits(y_pred)
+        masked = tf.where(self.mask > 0, logits, tf.constant(-1e9, logits.dtype))
+        return keras.losses.sparse_categorical_crossentropy(
+            y_true, masked, from_logits=True
+        )
+
+    def set_classes(self, labels: np.ndarray | None) -> None:
+        """Keep the classes in ``labels`` (``None``: every class)."""
+        if labels is None:
+            self.mask.assign(tf.ones_like(self.mask))
+            return
+        present = np.zeros(self.mask.shape, np.float32)
+        present[np.unique(labels)] = 1.0
+        self.mask.assign(present)
+
+
+class PerExampleLoss(keras.losses.Loss):
+    """A loss function left unreduced, as tensorflow-privacy's optimizers need."""
+
+    def __init__(self, fn) -> None:
+        super().__init__(reduction=keras.losses.Reduction.NONE, name="per_example")
+        self.fn = fn
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """Return the per-example losses."""
+        return self.fn(y_true, y_pred)
+
+
+def label_mask_of(model: keras.Model) -> LabelMaskedLoss | None:
+    """Return the model's label-masked loss, if it was compiled with one."""
+    loss = getattr(model.loss, "fn", model.loss)
+    return loss if isinstance(loss, LabelMaskedLoss) else None
+
+
+def _softmax_logits(probs: tf.Tensor) -> tf.Tensor:
+    """Return the logits a softmax output was computed from (log-probs if unknown)."""
+    logits = getattr(probs, "_keras_logits", None)
+    if logits is not None:
+        return logits
+    if not tf.executing_eagerly() and getattr(probs, "op", None) is not None:
+        if probs.op.type == "Softmax":
+            return probs.op.inputs[0]
+    return tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
+
+
+def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
+    """Return this process's compiled model for ``key``, building it on first use.
+
+    ``seed`` only fixes the initial weights of a newly built model; callers that
+    train set the weights they were sent first. With ``client.model_cache`` off,
+    every call clears the Keras session and builds and compiles a new model, the way
+    Flower's quickstart-tensorflow client does (kept to measure the difference).
+    """
+    model = _MODEL_CACHE.get(key)
+    if model is None:
+        configure_tensorflow()
+        if not key.client.model_cache:
+            keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        model = build_model(
+            key.model, key.input_shape, key.num_classes, key.width, key.scaler
+        )
+        if key.pruning:
+            from fl_app.features.pruning.pruning import (
+                wrap_for_pruning,  # imports tfmot
+            )
+
+            model = wrap_for_pruning(model)
+        loss = (
+            LabelMaskedLoss(key.num_classes)
+            if key.client.label_mask
+            else keras.losses.sparse_categorical_crossentropy
+        )
+        if key.dpsgd is not None:
+            from fl_app.features.privacy.dpsgd import dp_optimizer
+
+            optimizer = dp_optimizer(key.dpsgd, key.client.learning_rate)
+            # DP optimizers clip per-example (per-microbatch) losses: no reduction
+            loss = PerExampleLoss(loss)
+        else:
+            optimizer = make_optimizer(key.client)
+        optimizer, _TECHNIQUES[model] = hook_techniques(
+            key, optimizer, model.trainable_variables
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=["accuracy"],
+        )
+        if key.client.model_cache:
+            _MODEL_CACHE[key] = model
+        log.debug("built and compiled %s (width %s)", key.model.name, key.width)
+    return model
+
+
+def set_model_weights(model: keras.Model, key: ModelKey, weights: list) -> None:
+    """Set plain arrays into ``model`` (pruning wrappers: masks from nonzeros)."""
+    if key.pruning:
+        from fl_app.features.pruning.pruning import set_plain_weights
+
+        set_plain_weights(model, weights)
+    else:
+        model.set_weights(weights)
+
+
+def get_model_weights(model: keras.Model, key: ModelKey) -> list[np.ndarray]:
+    """Return the plain arrays of ``model`` (pruning wrappers: stripped, masked)."""
+    if key.pruning:
+        from fl_app.features.pruning.pruning import get_plain_weights
+
+        return get_plain_weights(model)
+    return model.get_weights()
+
+
+_SHAPES: dict[ModelKey, list[tuple[int, ...]]] = {}
+
+
+def weight_shapes(model: keras.Model, key: ModelKey) -> list[tuple[int, ...]]:
+    """Return the shapes of ``model``'s plain arrays, worked out once per key."""
+    shapes = _SHAPES.get(key)
+    if shapes is None:
+        shapes = _SHAPES[key] = [w.shape for w in get_model_weights(model, key)]
+    return shapes
+
+
+def clear_model_cache() -> None:
+    """Drop every cached model (used by tests and benchmarks)."""
+    _MODEL_CACHE.clear()
+    _SHAPES.clear()
+    keras.backend.clear_session()
+
+
+def reset_optimizer(
+    optimizer: keras.optimizers.Optimizer, learning_rate: float | None = None
+) -> None:
+    """Zero an optimizer's state (step count, moments) so no client inherits it.
+
+    ``learning_rate``, if given, becomes the optimizer's rate (a variable the compiled
+    step reads, in Keras and in the legacy optimizers alike, so nothing retraces).
+    """
+    for variable in optimizer_variables(optimizer):
+        variable.assign(tf.zeros_like(variable))
+    if learning_rate is not None:
+        optimizer.learning_rate = learning_rate
+
+
+def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> list:
+    """Return an optimizer's state variables (step count, moments)."""
+    variables = optimizer.variables
+    if callable(variables):  # legacy optimizers (tensorflow-privacy's DP ones)
+        variables = variables()
+    return list(variables)
+
+
+def train_local(
+    model: keras.Model,
+    data: ArrayDataset,
+    cfg: ClientConfig,
+    rng: np.random.Generator,
+    augment: Augmenter | None = None,
+) -> dict[str, float]:
+    """Train ``model`` in place on ``data`` for ``cfg.local_epochs`` epochs.
+
+    Each epoch visits the rows in an order drawn from ``rng``; ``augment``, if given,
+    transforms each training batch. With ``cfg.label_mask`` the loss covers only the
+    classes in ``data``. Returns the loss and accuracy of the last epoch.
+    """
+    reset_optimizer(model.optimizer, cfg.learning_rate)
+    techniques = _TECHNIQUES.get(model, [])
+    begin_techniques(techniques, model.trainable_variables)
+    mask = label_mask_of(model)
+    if mask is not None:
+        mask.set_classes(data.y)
+    logs: dict[str, float] = {}
+    try:
+        for _ in range(cfg.local_epochs):
+            order = rng.permutation(len(data))
+            logs = _run_batches(
+                model.train_on_batch, model, data.take(order), cfg.batch_size, augment
+            )
+    finally:
+        if mask is not None:
+            mask.set_classes(None)
+    return {
+        "train_loss": logs["loss"],
+        "train_accuracy": logs["accuracy"],
+        **end_techniques(techniques, model.trainable_variables),
+    }
+
+
+def train_local_dp(
+    model: keras.Model,
+    data: ArrayDataset,
+    cfg: ClientConfig,
+    dpsgd: DpSgdConfig,
+    rng: np.random.Generator,
+    augment: Augmenter | None = None,
+) -> dict[str, float]:
+    """Train with DP-SGD on Poisson-sampled batches (``model`` has a DP optimizer).
+
+    Runs :func:`fl_app.features.privacy.dpsgd.dp_sgd_steps` steps; in each, every
+    example joins the
+    batch with probability ``batch_size / len(data)``, the sampling the accountant
+    assumes. A step whose batch is empty is skipped (the accountant still counts it,
+    which only overstates ε). With microbatches, a batch is cut to a multiple of
+    their number (dropping examples at random only subsamples further).
+    """
+    from fl_app.features.privacy.dpsgd import dp_sgd_steps, poisson_batches
+
+    reset_optimizer(model.optimizer, cfg.learning_rate)
+    techniques = _TECHNIQUES.get(model, [])
+    begin_techniques(techniques, model.trainable_variables)
+    q = min(cfg.batch_size / len(data), 1.0)
+    steps = dp_sgd_steps(len(data), cfg.batch_size, cfg.local_epochs)
+    mask = label_mask_of(model)
+    if mask is not None:
+        mask.set_classes(data.y)
+    model.reset_metrics()
+    logs: dict = {}
+    try:
+        for batch in poisson_batches(len(data), q, steps, rng):
+            if dpsgd.microbatches:
+                keep = len(batch) - len(batch) % dpsgd.microbatches
+                batch = rng.permutation(batch)[:keep]
+            if len(batch) == 0:
+                continue
+            x = data.x[batch]
+            logs = model.train_on_batch(
+                x if augment is None else augment(x),
+                data.y[batch],
+                reset_metrics=False,
+                return_dict=True,
+            )
+    finally:
+        if mask is not None:
+            mask.set_classes(None)
+    return {
+        "train_loss": float(logs.get("loss", np.nan)),
+        "train_accuracy": float(logs.get("accuracy", np.nan)),
+        **end_techniques(techniques, model.trainable_variables),
+    }
+
+
+def _run_batches(
+    step,
+    model: keras.Model,
+    data: ArrayDataset,
+    batch_size: int,
+    augment: Augmenter | None = None,
+) -> dict:
+    """Run ``step`` (``train_on_batch`` or ``test_on_batch``) over ``data`` in order.
+
+    The compiled metrics accumulate over the batches (weighted by batch size), so the
+    result is the epoch's mean, as ``fit``/``evaluate`` report it. Calling the
+    per-batch steps directly skips the data adapter and callbacks that ``fit`` and
+    ``evaluate`` build on every call, which cost more than the steps of a small model.
+    """
+    model.reset_metrics()
+    logs: dict = {}
+    for start in range(0, len(data), batch_size):
+        x = data.x[start : start + batch_size]
+        logs = step(
+            x if augment is None else augment(x),
+            data.y[start : start + batch_size],
+            reset_metrics=False,
+            return_dict=True,
+        )
+    return {key: float(value) for key, value in logs.items()}
+
+
+def evaluate_model(
+    model: keras.Model, data: ArrayDataset, batch_size: int = 1024
+) -> tuple[float, float]:
+    """Return ``(loss, accuracy)`` of ``model`` on ``data``."""
+    logs = _run_batches(model.test_on_batch, model, data, batch_size)
+    return logs["loss"], logs["accuracy"]

@@ -1,0 +1,4 @@
+"""The server side: the run, the rounds workflow, grids and registries.
+
+Features fill the registries (``registry``) from their ``server.py``.
+"""

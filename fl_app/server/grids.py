@@ -1,0 +1,161 @@
+"""The grid the server run talks through: waiting for nodes, polling, deadlines.
+
+:func:`wait_for_nodes` waits until the federation is there (or says what to do);
+:func:`tune_grid` polls Flower's grids faster than their own loop; a
+:class:`DeadlineGrid` closes each exchange at ``round_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fl_app.core import timeline
+
+log = logging.getLogger(__name__)
+
+
+NODE_WAIT_S = 60.0
+SIMULATION_SETTLE_S = 2.0
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout_s: float = NODE_WAIT_S) -> None:
+    """Wait until ``needed`` SuperNodes are connected, else fail with a clear error.
+
+    Flower's strategies wait forever for ``min_available_clients``; a federation
+    smaller than ``num-clients`` would hang the run without a word. In simulation the
+    count must match exactly: each simulated node holds partition ``i`` of
+    ``num-supernodes``, so a larger federation would partition the data differently.
+    Flower's simulation registers its nodes as the app starts (5,938 of 10,000 were
+    there when the ServerApp began, in one measured run), so there the wait ends as
+    soon as the count is right, or fails once it has stopped growing for
+    ``SIMULATION_SETTLE_S`` (a mismatched ``num-supernodes`` fails in seconds).
+    """
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    simulation = isinstance(grid, InMemoryGrid)
+    deadline = time.monotonic() + timeout_s
+    last, settled = -1, time.monotonic()
+    while True:
+        connected = len(grid.get_node_ids())
+        if connected == needed or (connected > needed and not simulation):
+            return
+        if simulation:
+            if connected != last:
+                last, settled = connected, time.monotonic()
+            if connected > needed or time.monotonic() - settled >= SIMULATION_SETTLE_S:
+                deadline = 0.0  # it will not change any more
+        if time.monotonic() >= deadline:
+            waited = "" if simulation else f" within {timeout_s:.0f}s"
+            raise RuntimeError(
+                f"run config key 'num-clients' is {needed} but {connected} "
+                f"SuperNode(s) connected{waited}; in simulation pass "
+                f'--federation-config "num-supernodes={needed}", in a deployment '
+                f"start {needed} SuperNodes"
+            )
+        time.sleep(0.2 if simulation else 1.0)
+
+
+SIMULATION_PULL_INTERVAL_S = 0.005
+DEPLOYMENT_PULL_INTERVAL_S = 0.1
+
+
+def tune_grid(grid: Grid) -> Grid:
+    """Return ``grid`` polling for replies sooner than Flower's own loops do.
+
+    ``InMemoryGrid.send_and_receive`` (simulation) sleeps ``pull_interval`` (100 ms)
+    between polls of its in-memory state: 5 ms here. A deployment's grid sleeps a
+    fixed 3 s between pulls (``HttpGrid.send_and_receive``), which rounds every
+    exchange up to a multiple of 3 s once the nodes answer in about a second (warm
+    workers): it is wrapped in :class:`PollingGrid`, which pulls every 100 ms
+    through the grid's public ``push_messages``/``pull_messages``.
+    """
+    from flwr.superlink.grid.http_grid import HttpGrid
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    if isinstance(grid, InMemoryGrid):
+        grid.pull_interval = SIMULATION_PULL_INTERVAL_S
+    elif isinstance(grid, HttpGrid):
+        return PollingGrid(grid, DEPLOYMENT_PULL_INTERVAL_S)
+    return grid
+
+
+class PollingGrid:
+    """A ``Grid`` whose ``send_and_receive`` pulls replies every ``interval_s``."""
+
+    def __init__(self, grid: Grid, interval_s: float) -> None:
+        self.grid = grid
+        self.interval_s = interval_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        """Push ``messages``; return the replies that arrive within ``timeout``."""
+        pending = set(self.grid.push_messages(messages))
+        timeline.mark("server_pushed", messages=len(pending))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            for reply in self.grid.pull_messages(pending):
+                replies.append(reply)
+                pending.discard(reply.metadata.reply_to_message_id)
+                timeline.mark("server_pulled", node=reply.metadata.src_node_id)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.interval_s)
+        return replies
+
+
+class DeadlineGrid:
+    """A ``Grid`` whose every exchange waits at most ``timeout_s`` (``round_timeout``).
+
+    Flower's ``DefaultWorkflow`` calls ``send_and_receive`` without a timeout (its
+    ``ServerConfig.round_timeout`` is read only by the legacy ``Server`` loop), so a
+    straggler held the whole round. Replies that miss the deadline are dropped
+    (never pulled) and counted per destination node; everything else is the wrapped
+    grid's.
+    """
+
+    def __init__(self, grid: Grid, timeout_s: float) -> None:
+        self.grid = grid
+        self.timeout_s = timeout_s
+        self.timeouts: list[int] = []  # node ids whose reply missed a deadline
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        """Send, and return the replies that arrived within the deadline."""
+        messages = list(messages)
+        replies = list(
+            self.grid.send_and_receive(
+                messages, timeout=self.timeout_s if timeout is None else timeout
+            )
+        )
+        # by message: the SuperLink's own error replies (a node it found
+        # unavailable) come from the SuperLink's node id, not the destination's
+        answered = {reply.metadata.reply_to_message_id for reply in replies}
+        late = [
+            m.metadata.dst_node_id
+            for m in messages
+            if m.metadata.message_id not in answered
+        ]
+        if late:
+            log.warning(
+                "node(s) %s did not reply within round-timeout %g s; going on "
+                "without them",
+                late,
+                self.timeout_s,
+            )
+        self.timeouts += late
+        return replies
+
+    def pop_timeouts(self) -> int:
+        """Return how many replies missed their deadline since the last call."""
+        count, self.timeouts = len(self.timeouts), []
+        return count

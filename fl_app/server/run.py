@@ -1,0 +1,639 @@
+"""The server side of a run: strategy and workflow built from the run config.
+
+:func:`run_server` composes the parts of a run (:class:`ServerRun`: config, data, global
+model, strategy, results recorder), hands them to the round workflow the strategy's
+spec names (:data:`WORKFLOWS`; ``rounds``: Flower's ``DefaultWorkflow`` with a
+``LegacyContext``, SecAgg+ as its fit step when configured), and writes the summary
+the registered summary parts (:data:`SUMMARY_PARTS`) contribute. Results go to the
+absolute ``output-dir`` of the run config, because Flower discards the final Context.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import Strategy
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.server.workflow.default_workflows import (
+    default_centralized_evaluation_workflow,
+    default_evaluate_workflow,
+    default_fit_workflow,
+    default_init_params_workflow,
+)
+from flwr.serverapp import Grid
+
+import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.client.node_state import LINEAGE, RESUMED_FROM
+from fl_app.core.checkpoint import (
+    Checkpoint,
+    check_resumable,
+    code_version,
+    flatten_arrays,
+    latest_checkpoint,
+    list_checkpoints,
+    restore_rng_state,
+    resumed_rounds,
+    rng_state,
+    run_output_dir,
+    save_checkpoint,
+)
+from fl_app.core.config import (
+    STRATEGY_SPECS,
+    ConfigError,
+    RunConfig,
+)
+from fl_app.core.exchange import NodeExchange
+from fl_app.core.results import MODEL_FILE, RunRecorder
+from fl_app.data import ArrayDataset, CentralData, load_central_data
+from fl_app.features.compression.codecs import Codec
+from fl_app.ml.training import (
+    ModelKey,
+    evaluate_model,
+    get_compiled_model,
+    keras,
+    model_key,
+)
+from fl_app.server.grids import DeadlineGrid, tune_grid, wait_for_nodes
+from fl_app.server.registry import (
+    PHASES,
+    STRATEGY_BUILDERS,
+    STRATEGY_OPTIONS,
+    SUMMARY_PARTS,
+    WORKFLOWS,
+    RoundWorkflow,
+    register_strategy,
+    register_summary_part,
+    register_workflow,
+)
+from strategies.fedavg import FedAvg
+from strategies.transport import ServerPruner, Transport
+
+log = logging.getLogger(__name__)
+
+
+def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
+    """Return ``resume`` or ``output-dir``, else ``outputs/flwr-run-<run id>``."""
+    return run_output_dir(cfg.checkpoint.resume or cfg.output_dir, run_id)
+
+
+def _log_to_console() -> None:
+    """Show the project's INFO logs (per-round progress) in the run's log stream."""
+    for name in ("fl_app", "strategies"):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "_fl_dnn", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(
+                logging.Formatter("%(levelname)-8s fl-dnn: %(message)s")
+            )
+            handler._fl_dnn = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def build_transport(
+    cfg: RunConfig, model: keras.Model
+) -> tuple[Transport | None, ServerPruner | None]:
+    """Return the strategy's codecs and pruning mask for the run config."""
+    transport = None
+    if cfg.secagg is not None:  # refused with compression by the config
+        transport = Transport(cast_floats=True)
+    if cfg.compression.active:
+        comp = cfg.compression
+        transport = Transport(
+            upload=Codec.parse(comp.upload) if comp.upload != "none" else None,
+            download=Codec.parse(comp.download) if comp.download != "none" else None,
+            delta=comp.delta,
+        )
+    pruner = None
+    if cfg.pruning is not None:
+        from fl_app.features.pruning.pruning import prunable_arrays, sparsity_by_round
+
+        pruner = ServerPruner(
+            prunable=prunable_arrays(model, cfg.pruning.layers),
+            sparsity_by_round=sparsity_by_round(cfg.pruning, cfg.num_rounds),
+        )
+    return transport, pruner
+
+
+def _build_fedavg(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
+    return FedAvg(**common)
+
+
+register_strategy(STRATEGY_SPECS["fedavg"], _build_fedavg)
+
+
+def build_strategy(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
+    """Return the strategy registered under ``cfg.strategy``, built for ``model``."""
+    build = STRATEGY_BUILDERS.get(cfg.strategy)
+    if build is None:
+        raise ConfigError(
+            f"run config key 'strategy': {cfg.strategy!r} has a config spec but no "
+            f"server-side builder (register_strategy); built: "
+            f"{', '.join(STRATEGY_BUILDERS)}"
+        )
+    if STRATEGY_SPECS[cfg.strategy].dense_updates:
+        transport, pruner = build_transport(cfg, model)
+        common.update(
+            transport=transport, pruner=pruner, uniform=cfg.client_dp is not None
+        )
+    # what features give every strategy (the robust feature: defences, attack)
+    for options in STRATEGY_OPTIONS:
+        common.update(options(cfg))
+    return build(cfg, model, **common)
+
+
+def wrap_client_dp(cfg: RunConfig, strategy: Strategy) -> Strategy:
+    """Wrap ``strategy`` in Flower's client-level DP wrapper the config names."""
+    from flwr.server.strategy import (
+        DifferentialPrivacyClientSideAdaptiveClipping,
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    dp = cfg.client_dp
+    if dp is None:
+        return strategy
+    sampled = cfg.clients_per_round
+    if dp.adaptive:
+        cls = (
+            DifferentialPrivacyClientSideAdaptiveClipping
+            if dp.client_side
+            else DifferentialPrivacyServerSideAdaptiveClipping
+        )
+        return cls(
+            strategy,
+            noise_multiplier=dp.noise_multiplier,
+            num_sampled_clients=sampled,
+            initial_clipping_norm=dp.clipping_norm,
+            clipped_count_stddev=dp.clipped_count_stddev or None,
+        )
+    cls = (
+        DifferentialPrivacyClientSideFixedClipping
+        if dp.client_side
+        else DifferentialPrivacyServerSideFixedClipping
+    )
+    return cls(
+        strategy,
+        noise_multiplier=dp.noise_multiplier,
+        clipping_norm=dp.clipping_norm,
+        num_sampled_clients=sampled,
+    )
+
+
+def client_level_epsilon(cfg: RunConfig, rounds: int) -> float | None:
+    """ε of client-level DP after ``rounds`` rounds (RDP, sampling = m / n per round).
+
+    Flower's DP wrappers add Gaussian noise of ``noise_multiplier × clip / m`` to an
+    unweighted mean of ``m`` clipped updates: one Gaussian mechanism per round on a
+    ``m / n`` sample of clients. Flower samples a fixed-size subset; the accountant
+    treats it as Poisson sampling with the same rate, the usual approximation.
+    """
+    from fl_app.features.privacy.dpsgd import epsilon
+
+    dp = cfg.client_dp
+    if dp is None:
+        return None
+    q = cfg.clients_per_round / cfg.num_clients
+    return epsilon(rounds, q, dp.noise_multiplier, dp.delta)
+
+
+def privacy_row(cfg: RunConfig, row: dict[str, Any]) -> dict[str, Any]:
+    """Add a round's ε figures: the clients' largest DP-SGD ε, client-level ε."""
+    reported = [c["epsilon"] for c in row.get("clients", []) if "epsilon" in c]
+    if cfg.dpsgd is not None:
+        row["epsilon_sample_level_max"] = max(reported) if reported else None
+    if cfg.client_dp is not None:
+        row["epsilon_client_level"] = client_level_epsilon(cfg, row["round"])
+    return row
+
+
+def fit_workflow(cfg: RunConfig):
+    """Flower's SecAgg+ fit workflow when configured, else the default (None)."""
+    if cfg.secagg is None:
+        return None
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    sa = cfg.secagg
+    return SecAggPlusWorkflow(
+        num_shares=sa.num_shares,
+        reconstruction_threshold=sa.reconstruction_threshold,
+        max_weight=sa.max_weight,
+        clipping_range=sa.clipping_range,
+        quantization_range=sa.quantization_range,
+    )
+
+
+class CentralEvaluation:
+    """Evaluate global weights on the central test set; keep every round's figures.
+
+    Passed to the strategy as its ``evaluate_fn``; ``results`` maps a round to
+    ``(loss, accuracy)`` (round 0: the initial model).
+    """
+
+    def __init__(self, model: keras.Model, test: ArrayDataset) -> None:
+        self.model = model
+        self.test = test
+        self.results: dict[int, tuple[float, float]] = {}
+        self.last: NDArrays | None = None  # the weights evaluated last
+
+    def evaluated_last(self, weights: NDArrays) -> bool:
+        """Whether ``weights`` are (equal to) the weights evaluated last."""
+        return self.last is not None and all(
+            np.array_equal(a, b) for a, b in zip(self.last, weights, strict=True)
+        )
+
+    def __call__(
+        self, server_round: int, weights: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, dict[str, Scalar]]:
+        """Evaluate ``weights``; return the loss and ``{"accuracy": ...}``."""
+        self.model.set_weights(weights)
+        loss, accuracy = evaluate_model(self.model, self.test)
+        self.results[server_round] = (loss, accuracy)
+        self.last = [np.array(w, copy=True) for w in weights]
+        return loss, {"accuracy": accuracy}
+
+
+@dataclass
+class ServerRun:
+    """The parts of one run that workflows and summary parts read."""
+
+    cfg: RunConfig
+    context: Context
+    grid: Grid
+    data: CentralData
+    key: ModelKey  # the global model's (plain, never pruning-wrapped)
+    model: keras.Model
+    strategy: FedAvg
+    recorder: RunRecorder
+    central: CentralEvaluation
+    # what phases before the rounds leave for summary parts (register_phase)
+    phases: dict[str, Any] = field(default_factory=dict)
+    resumed: Checkpoint | None = None  # the checkpoint this run continues from
+    started: float = field(default_factory=time.perf_counter)
+    elapsed_before_s: float = 0.0  # wall time of the run before it was resumed
+    resumed_from: list[int] = field(default_factory=list)  # rounds, every resume
+    # the run's id across its resumes (names the nodes' state on disk)
+    lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    checkpoint_time_s: float = 0.0  # spent writing checkpoints (this process)
+
+    def elapsed_s(self) -> float:
+        """Wall time of the whole run so far, across resumes."""
+        return self.elapsed_before_s + time.perf_counter() - self.started
+
+
+def save_run_checkpoint(
+    run: ServerRun, wrapped: Strategy, server_round: int, weights: NDArrays
+) -> None:
+    """Write the run's state after ``server_round`` (``fl_app.core.checkpoint``)."""
+    started = time.perf_counter()
+    state, strategy_arrays = run.strategy.checkpoint_state()
+    rng_meta, rng_arrays = rng_state()
+    meta = {
+        "run_config": dict(run.context.run_config),
+        "lineage": run.lineage,
+        "code_version": code_version(),
+        "strategy": state,
+        # the adaptive clipping norm of Flower's client-level DP wrappers
+        "clipping_norm": getattr(wrapped, "clipping_norm", None),
+        "central": {str(r): list(v) for r, v in run.central.results.items()},
+        "rows": run.recorder.rows,
+        "elapsed_s": run.elapsed_s(),
+        "resumed_from": run.resumed_from,
+        "rng": rng_meta,
+    }
+    arrays = flatten_arrays({"global": weights})
+    arrays.update(
+        flatten_arrays({f"strategy/{k}": v for k, v in strategy_arrays.items()})
+    )
+    arrays.update(rng_arrays)
+    save_checkpoint(
+        run.recorder.output_dir, server_round, arrays, meta, run.cfg.checkpoint.keep
+    )
+    run.checkpoint_time_s += time.perf_counter() - started
+
+
+def restore_run(run: ServerRun, wrapped: Strategy) -> NDArrays:
+    """Put the strategy, its DP wrapper and the RNGs where the checkpoint left them."""
+    checkpoint = cast(Checkpoint, run.resumed)
+    weights = checkpoint.group("global")
+    names = {n.split("/")[1] for n in checkpoint.arrays if n.startswith("strategy/")}
+    run.strategy.restore_checkpoint_state(
+        weights,
+        checkpoint.meta["strategy"],
+        {name: checkpoint.group(f"strategy/{name}") for name in names},
+    )
+    if checkpoint.meta.get("clipping_norm") is not None:
+        wrapped.clipping_norm = checkpoint.meta["clipping_norm"]  # type: ignore[attr-defined]
+    restore_rng_state(checkpoint)
+    # every client learns which round the run resumed after, to restore its state
+    run.strategy.round_config[RESUMED_FROM] = checkpoint.round
+    return weights
+
+
+def run_rounds(
+    grid: Grid,
+    legacy: LegacyContext,
+    fit_step: Callable[[Grid, Context], None],
+    evaluate_step: Callable[[Grid, Context], None],
+    first_round: int = 1,
+    weights: NDArrays | None = None,
+) -> None:
+    """Flower's ``DefaultWorkflow`` loop from ``first_round`` (fit, central, evaluate).
+
+    ``DefaultWorkflow`` always starts at round 1 from the strategy's initial
+    parameters; a resumed run starts after its checkpoint from ``weights``. The
+    steps are Flower's own (its fit or SecAgg+ workflow, centralized evaluation,
+    the evaluate step), as is the thread that keeps the client manager current.
+    """
+    from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
+    from flwr.server.compat.app_utils import start_update_client_manager_thread
+
+    thread, stop, registered = start_update_client_manager_thread(
+        grid, legacy.client_manager
+    )
+    registered.wait()
+    try:
+        if weights is None:
+            default_init_params_workflow(grid, legacy)
+        else:
+            legacy.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
+                ndarrays_to_parameters(weights), keep_input=True
+            )
+        config = ConfigRecord({Key.START_TIME: time.perf_counter()})
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = config
+        for server_round in range(first_round, legacy.config.num_rounds + 1):
+            config[Key.CURRENT_ROUND] = server_round
+            fit_step(grid, legacy)
+            default_centralized_evaluation_workflow(grid, legacy)
+            evaluate_step(grid, legacy)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def rounds_workflow(run: ServerRun) -> NDArrays:
+    """FedAvg-style rounds: Flower's fit and evaluate steps per round.
+
+    The fit step is Flower's ``SecAggPlusWorkflow`` when ``secagg`` is on; after each
+    round's evaluate step, the strategy's round record is written, then the run's
+    checkpoint (``checkpoint-every``; always after the last round). With
+    ``round_timeout``, each exchange waits at most that long (:class:`DeadlineGrid`)
+    and the round's record counts the replies dropped (``num_timeouts``).
+    """
+    cfg, strategy = run.cfg, run.strategy
+    grid = DeadlineGrid(run.grid, cfg.round_timeout) if cfg.round_timeout else None
+    wrapped = wrap_client_dp(cfg, strategy)
+    # a run with a phase before its rounds (the GAN) cannot be resumed: no checkpoints
+    every = cfg.checkpoint.every if cfg.synthetic is None else 0
+
+    def evaluate_and_record(grid_: Grid, legacy: Context) -> None:
+        default_evaluate_workflow(grid_, legacy)
+        server_round = cast(
+            int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
+        )
+        row = strategy.pop_round_record(server_round)
+        row["num_timeouts"] = grid.pop_timeouts() if grid is not None else 0
+        run.recorder.write_round(privacy_row(cfg, row))
+        if every and (server_round % every == 0 or server_round == cfg.num_rounds):
+            weights = legacy.state.array_records[MAIN_PARAMS_RECORD]
+            save_run_checkpoint(run, wrapped, server_round, weights.to_numpy_ndarrays())
+
+    legacy = LegacyContext(
+        context=run.context,
+        config=ServerConfig(
+            num_rounds=cfg.num_rounds, round_timeout=cfg.round_timeout or None
+        ),
+        strategy=wrapped,
+    )
+    if (
+        cfg.clients_per_round < cfg.num_clients
+        or 0 < cfg.evaluate_clients_per_round < cfg.num_clients
+    ):
+        # partial participation: sample by partition id, from the seed and the round
+        exchange = NodeExchange(run)
+        asked = time.perf_counter()
+        exchange.discover(cfg.clients_per_round)
+        log.info(
+            "partition ids of %d nodes in %.1f s",
+            len(exchange.partitions),
+            time.perf_counter() - asked,
+        )
+        strategy.partition_of = dict(exchange.partitions)
+        strategy.sampling_seed = cfg.seed
+    first_round, weights = 1, None
+    if every or run.resumed is not None:
+        # the nodes keep their state on disk under the run's lineage (node_state)
+        strategy.round_config[LINEAGE] = run.lineage
+    if run.resumed is not None:
+        weights = restore_run(run, wrapped)
+        first_round = run.resumed.round + 1
+    run_rounds(
+        grid if grid is not None else run.grid,
+        legacy,
+        fit_workflow(cfg) or default_fit_workflow,
+        evaluate_and_record,
+        first_round,
+        weights,
+    )
+    return legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+
+
+register_workflow("rounds", rounds_workflow)
+
+
+@register_summary_part
+def central_summary(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
+    """Report the final and initial central accuracy, and what ran."""
+    final = run.central.results[run.cfg.num_rounds]
+    return {
+        "final_accuracy": final[1],
+        "final_loss": final[0],
+        "initial_accuracy": run.central.results.get(0, (None, None))[1],
+        "central_test_rows": len(run.data.test),
+        "dataset": run.cfg.dataset.name,
+        "partition": run.cfg.partition.name,
+        "strategy": run.cfg.strategy,
+        "num_clients": run.cfg.num_clients,
+        "run_config": dict(run.context.run_config),
+    }
+
+
+def build_workflow(cfg: RunConfig) -> RoundWorkflow:
+    """Return the workflow the strategy's spec names."""
+    # split training has its own message flow (fl_app.features.split.server)
+    name = "split" if cfg.split is not None else STRATEGY_SPECS[cfg.strategy].workflow
+    workflow = WORKFLOWS.get(name)
+    if workflow is None:
+        raise ConfigError(
+            f"run config key 'strategy': {cfg.strategy!r} runs workflow {name!r}, "
+            f"which is not registered (register_workflow); registered: "
+            f"{', '.join(WORKFLOWS)}"
+        )
+    return workflow
+
+
+def rounds_given(grid: Grid) -> bool:
+    """Whether the run's submitter set ``num-rounds`` (``flwr run --run-config``).
+
+    Flower fuses the overrides into ``[tool.flwr.app.config]``'s defaults; the run
+    keeps the overrides alone (``Run.override_config``). A grid that cannot say is
+    taken to have been given every key.
+    """
+    try:
+        overrides = grid.run.override_config
+    except Exception:  # a grid without a run (tests' in-process grids)
+        return True
+    return "num-rounds" in overrides
+
+
+def resume_point(
+    cfg: RunConfig, context: Context, output_dir: Path, given: bool = True
+) -> Checkpoint | None:
+    """Return the checkpoint a ``resume`` run continues from (checked), else None.
+
+    Unless ``num-rounds`` was ``given``, ``context.run_config`` takes the
+    checkpoint's own (the run goes on to the round count it was configured with).
+    """
+    if not cfg.checkpoint.resume:
+        return None
+    checkpoint = latest_checkpoint(output_dir)
+    context.run_config.update(resumed_rounds(checkpoint, context.run_config, given))
+    check_resumable(checkpoint, context.run_config)
+    if checkpoint.meta["code_version"] != code_version():
+        log.warning(
+            "resume: the checkpoint was written by code %s, this is %s",
+            checkpoint.meta["code_version"],
+            code_version(),
+        )
+    log.info(
+        "resuming the run in %s after round %d of %d",
+        output_dir,
+        checkpoint.round,
+        context.run_config["num-rounds"],
+    )
+    return checkpoint
+
+
+def clear_checkpoints(cfg: RunConfig, output_dir: Path) -> None:
+    """Remove a former run's checkpoints from ``output_dir``; say when none are written.
+
+    A fresh run in a directory that held another run must not leave that run's
+    checkpoints for a later ``resume`` to pick up.
+    """
+    old = list_checkpoints(output_dir)
+    if old:
+        log.warning(
+            "removing %d checkpoint(s) of a former run in %s", len(old), output_dir
+        )
+        for _, path in old:
+            path.unlink(missing_ok=True)
+    if cfg.checkpoint.active and (cfg.split is not None or cfg.synthetic is not None):
+        log.info(
+            "no checkpoints: %s cannot be resumed",
+            "split training" if cfg.split is not None else "a run with the GAN phase",
+        )
+
+
+def run_server(
+    grid: Grid,
+    context: Context,
+    cfg: RunConfig,
+    output_dir: Path,
+    started: float,
+    resumed: Checkpoint | None,
+) -> None:
+    """Train and write the results, holding the output directory's lock."""
+    log.info("fl-dnn run %s writes results to %s", context.run_id, output_dir)
+    if resumed is None:
+        clear_checkpoints(cfg, output_dir)
+    random.seed(cfg.seed)  # Flower samples clients with the `random` module
+    np.random.seed(cfg.seed)  # Flower's DP wrappers draw noise from numpy's global RNG
+    workflow = build_workflow(cfg)
+    wait_for_nodes(grid, cfg.num_clients)
+    log.info(
+        "%d nodes connected %.1f s after the ServerApp started",
+        cfg.num_clients,
+        time.perf_counter() - started,
+    )
+    grid = tune_grid(grid)
+
+    data = load_central_data(cfg)
+    # The server evaluates plain models: pruning wrappers and client techniques'
+    # optimizer hooks are a client's training aids.
+    key = replace(
+        model_key(cfg, data.input_shape, data.num_classes),
+        pruning=False,
+        techniques=(),
+    )
+    model = get_compiled_model(key, cfg.seed)
+    central = CentralEvaluation(model, data.test)
+    strategy = build_strategy(
+        cfg,
+        model,
+        num_clients=cfg.num_clients,
+        clients_per_round=cfg.clients_per_round,
+        evaluate_clients_per_round=cfg.evaluate_clients_per_round,
+        initial_parameters=ndarrays_to_parameters(model.get_weights()),
+        evaluate_fn=central,
+    )
+    recorder = RunRecorder(
+        output_dir, cfg.num_rounds, resumed.meta["rows"] if resumed else ()
+    )
+    run = ServerRun(
+        cfg,
+        context,
+        grid,
+        data,
+        key,
+        model,
+        strategy,
+        recorder,
+        central,
+        resumed=resumed,
+        started=started,
+    )
+    if resumed is not None:
+        central.results = {
+            int(r): (v[0], v[1]) for r, v in resumed.meta["central"].items()
+        }
+        run.elapsed_before_s = resumed.meta["elapsed_s"]
+        run.resumed_from = [*resumed.meta["resumed_from"], resumed.round]
+        run.lineage = str(resumed.meta["lineage"])
+    for phase in PHASES:
+        phase(run)
+    final_weights = workflow(run)
+
+    if cfg.num_rounds not in central.results or not central.evaluated_last(
+        final_weights
+    ):
+        central(cfg.num_rounds, final_weights, {})
+    fields: dict[str, Any] = {}
+    for part in SUMMARY_PARTS:
+        fields.update(part(run, final_weights))
+    model.set_weights(final_weights)
+    if cfg.save_model:
+        model.save(output_dir / MODEL_FILE)
+    fields["wall_time_s"] = run.elapsed_s()
+    fields["resumed_from"] = run.resumed_from
+    fields["checkpoint_time_s"] = run.checkpoint_time_s
+    summary = recorder.write_summary(fields)
+    log.info(
+        "finished %d rounds: final central accuracy %.4f, %d bytes up, %d bytes down",
+        summary["rounds"],
+        summary["final_accuracy"],
+        summary["bytes_up"],
+        summary["bytes_down"],
+    )
