@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parents[2]  # the project: fl_app/deploy/..
 CONNECTION = "fl-dnn"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
+# The ServerApp's last line (fl_app.server.run.run_server): every result is written.
+_SERVERAPP_DONE = re.compile(r"fl-dnn: finished \d+ rounds")
+# How long a simulation may take to end once its ServerApp has: Flower's simulation
+# engine joins every ClientApp still running (a straggler of a round closed at
+# round-timeout) before the run ends; past this, the launcher stops the runtime.
+END_GRACE_S = 5.0
 
 
 class FlowerRunError(RuntimeError):
@@ -464,6 +470,7 @@ def run_simulation(
                 app_dir=app_dir,
                 timeout_s=timeout_s,
                 echo=echo,
+                end_grace_s=END_GRACE_S,  # the SuperLink is ours: stop it then
             )
     finally:
         if data is not None:
@@ -507,14 +514,18 @@ def run_app(
     app_dir: Path = APP_DIR,
     timeout_s: float | None = None,
     echo: Callable[[str], None] | None = None,
+    end_grace_s: float | None = None,
 ) -> RunOutcome:
     """Submit the app to ``link`` with ``flwr run --stream`` and wait for its outcome.
 
     ``federation_config`` is for a simulation SuperLink (``num-supernodes=...``); a
     deployment's federation is whatever SuperNodes are connected. What is submitted
     is a copy of the app's own files under the connection's ``FLWR_HOME``
-    (:func:`stage_app`). Raises :class:`FlowerRunError` as :func:`run_simulation`
-    does.
+    (:func:`stage_app`). ``end_grace_s``: once the ServerApp has written its
+    results, wait at most this long for the run to end, then stop waiting (the
+    caller stops the SuperLink it owns): Flower's simulation engine holds the run
+    open until every ClientApp it started returns, a straggler of a closed round
+    included. Raises :class:`FlowerRunError` as :func:`run_simulation` does.
     """
     echo = echo or (lambda line: print(line, flush=True))
     output_dir = Path(output_dir).resolve()
@@ -535,10 +546,19 @@ def run_app(
     if federation_config is not None:
         command += ["--federation-config", federation_config]
     streamed: list[str] = []
-    run_id = _stream(command, link, streamed, echo, timeout_s)
-    status, details = _run_status(link, run_id)
+    run_id, cut_short = _stream(command, link, streamed, echo, timeout_s, end_grace_s)
+    if cut_short:
+        status, details = "serverapp-finished", ""
+        log.info(
+            "run %d: the ServerApp finished; %.0f s later Flower's simulation was "
+            "still waiting for ClientApps of closed rounds: not waiting for them",
+            run_id,
+            end_grace_s,
+        )
+    else:
+        status, details = _run_status(link, run_id)
     (output_dir / "flower.log").write_text("\n".join(streamed) + "\n")
-    if status != "finished:completed":
+    if status not in ("finished:completed", "serverapp-finished"):
         tail = "\n".join(streamed[-30:])
         raise FlowerRunError(
             f"Flower run {run_id} ended as '{status}'"
@@ -562,15 +582,19 @@ def _stream(
     streamed: list[str],
     echo: Callable[[str], None],
     timeout_s: float | None,
-) -> int:
-    """Run ``flwr run --stream``, pass its lines on, and return the run id.
+    end_grace_s: float | None = None,
+) -> tuple[int, bool]:
+    """Run ``flwr run --stream``, pass its lines on; return the run id, cut short.
 
     A reader thread collects the lines so the timeout holds even while the run
-    prints nothing.
+    prints nothing. With ``end_grace_s``, a run still streaming that long after the
+    ServerApp's last line is left (its ``flwr run`` killed): ``cut_short`` is True.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     lines: queue.Queue[str | None] = queue.Queue()
     run_id: int | None = None
+    done_at: float | None = None  # when the ServerApp's last line arrived
+    cut_short = False
     with subprocess.Popen(
         command,
         env=link.env,
@@ -590,11 +614,15 @@ def _stream(
 
         threading.Thread(target=read, daemon=True).start()
         while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ends = [t for t in (deadline, done_at) if t is not None]
+            wait = max(0.0, min(ends) - time.monotonic()) if ends else None
             try:
                 line = lines.get(timeout=wait)
             except queue.Empty:
                 process.kill()
+                if done_at is not None and time.monotonic() >= done_at:
+                    cut_short = True
+                    break
                 if run_id is not None:
                     link.cli("stop", str(run_id), CONNECTION, timeout=30)
                 raise FlowerRunError(
@@ -607,9 +635,11 @@ def _stream(
             match = _RUN_ID.search(line)
             if match and run_id is None:
                 run_id = int(match.group(1))
+            if end_grace_s is not None and _SERVERAPP_DONE.search(line):
+                done_at = time.monotonic() + end_grace_s
         process.wait()
     if run_id is None:
         raise FlowerRunError(
             "flwr run did not start a run:\n" + "\n".join(streamed[-30:])
         )
-    return run_id
+    return run_id, cut_short
