@@ -28,6 +28,7 @@ from fl_app.client.node_data import client_data, node_partition
 from fl_app.core import timeline
 from fl_app.core.config import ClientConfig, RunConfig, parse_run_config
 from fl_app.core.exchange import INFO, info_reply, register_handler
+from fl_app.core.techniques import client_state
 from fl_app.features.augmentation.augmenter import (
     Augmenter,
     check_image_input,
@@ -428,7 +429,8 @@ class KerasClient(NumPyClient):
             self.cfg.client.augmentation, int(rng.integers(2**31 - 1))
         )
         train_cfg = self.cfg.client.at_round(server_round)
-        return self.training.fit(parameters, config, train_cfg, rng, augment)
+        with client_state(self.state):  # client techniques keep their state there
+            return self.training.fit(parameters, config, train_cfg, rng, augment)
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]

@@ -1,13 +1,12 @@
 """Client techniques: changes to how clients train, one class (and module) each.
 
 A technique declares its settings as a config dataclass
-(:func:`fl_app.core.schema.setting`
-fields, combination rules in ``validate(run)``), says when it is on, and hooks into
-local training where it needs to. :func:`register_client_technique` adds its settings
-to the run config (under ``RunConfig.extras``) and makes every client use it when it
-is on; every module in this package is imported, and so registered, with
-:mod:`fl_app.core.config`. :mod:`fl_app.features.fedprox.technique` is the worked
-example.
+(:func:`fl_app.core.schema.setting` fields, combination rules in ``validate(run)``),
+says when it is on, and hooks into local training where it needs to.
+:func:`register_client_technique` adds its settings to the run config (under
+``RunConfig.extras``) and makes every client use it when it is on. A technique lives
+in its feature folder, whose ``__init__.py`` imports it (``fl_app/features/``);
+:mod:`fl_app.features.fedprox.technique` is the worked example.
 
 The hooks run on the client, inside the local training of the plain, DP-SGD and
 personalized trainers alike (:mod:`fl_app.ml.training`,
@@ -19,16 +18,102 @@ personalized trainers alike (:mod:`fl_app.ml.training`,
   server sent are set;
 - :meth:`ClientTechnique.end` after it, returning metrics for the fit reply.
 
-This package imports neither TensorFlow nor Flower: a technique imports TensorFlow
+One technique object belongs to a compiled model, which every client a worker
+process serves shares: it must keep nothing of one client for the next. What a
+technique keeps per client across rounds goes in the :class:`TechniqueState` that
+``begin`` and ``end`` receive: that client's own, kept in its node's
+``context.state`` (so in simulation and in a deployment alike, and on disk for a
+resumed run when checkpoints are on).
+
+This module imports neither TensorFlow nor Flower: a technique imports TensorFlow
 inside its hooks, so validating a config stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+
 from fl_app.core.schema import build, register_section
+
+
+class TechniqueState:
+    """One client's state for one technique, kept in the node's ``context.state``.
+
+    Arrays (:meth:`load`, :meth:`save`) and scalars (:meth:`get`, :meth:`set`:
+    ``int``, ``float``, ``str``, ``bool``) under keys of the technique's own; they
+    are stored as records named ``technique.<name>`` and
+    ``technique.<name>.<key>``, so two techniques never share a key.
+    """
+
+    def __init__(self, records: Any, name: str) -> None:
+        self.records = records  # the node's RecordDict (context.state)
+        self.name = name
+
+    def _key(self, key: str) -> str:
+        if not key or "." in key:
+            raise ValueError(f"technique state key {key!r}: a non-empty name, no '.'")
+        return f"technique.{self.name}.{key}"
+
+    def load(self, key: str) -> list[np.ndarray] | None:
+        """Return the arrays saved under ``key`` (copies), or None."""
+        record = self.records.array_records.get(self._key(key))
+        return None if record is None else record.to_numpy_ndarrays()
+
+    def save(self, key: str, arrays: Sequence[np.ndarray]) -> None:
+        """Keep ``arrays`` under ``key`` for this client's next rounds."""
+        from flwr.app import ArrayRecord
+
+        self.records.array_records[self._key(key)] = ArrayRecord(
+            [np.asarray(a) for a in arrays]
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the scalar saved under ``key``, or ``default``."""
+        record = self.records.config_records.get(f"technique.{self.name}")
+        return default if record is None else record.get(self._key(key), default)
+
+    def set(self, key: str, value: int | float | str | bool) -> None:
+        """Keep a scalar under ``key`` for this client's next rounds."""
+        from flwr.app import ConfigRecord
+
+        name = f"technique.{self.name}"
+        record = self.records.config_records.get(name) or ConfigRecord()
+        record[self._key(key)] = value
+        self.records.config_records[name] = record
+
+
+_CLIENT_STATE: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "fl_dnn_client_state", default=None
+)
+
+
+@contextlib.contextmanager
+def client_state(records: Any) -> Iterator[None]:
+    """Hand ``records`` (a client's ``context.state``) to the techniques' hooks."""
+    token = _CLIENT_STATE.set(records)
+    try:
+        yield
+    finally:
+        _CLIENT_STATE.reset(token)
+
+
+def state_for(name: str) -> TechniqueState:
+    """Return technique ``name``'s state of the client training now.
+
+    Outside a client (a server-side training, a unit test) the state is a fresh
+    one that nothing keeps.
+    """
+    records = _CLIENT_STATE.get()
+    if records is None:
+        from flwr.app import RecordDict
+
+        records = RecordDict()
+    return TechniqueState(records, name)
 
 
 class ClientTechnique:
@@ -62,10 +147,15 @@ class ClientTechnique:
         """Return the optimizer that will train ``variables`` (default: unchanged)."""
         return optimizer
 
-    def begin(self, variables: Sequence[Any]) -> None:
-        """Prepare a local training; ``variables`` hold the weights the server sent."""
+    def begin(self, variables: Sequence[Any], state: TechniqueState) -> None:
+        """Prepare a local training; ``variables`` hold the weights the server sent.
 
-    def end(self, variables: Sequence[Any]) -> Mapping[str, float]:
+        ``state``: this client's own state for this technique (kept across rounds).
+        """
+
+    def end(
+        self, variables: Sequence[Any], state: TechniqueState
+    ) -> Mapping[str, float]:
         """Finish a local training; return metrics for the reply (default: none)."""
         return {}
 
@@ -74,7 +164,22 @@ CLIENT_TECHNIQUES: dict[str, type[ClientTechnique]] = {}
 
 
 def register_client_technique(cls: type[ClientTechnique]) -> type[ClientTechnique]:
-    """Register a technique and its settings; usable as a class decorator."""
+    """Register a technique and its settings; usable as a class decorator.
+
+    A name registered already is refused: it would silently replace a technique.
+    """
+    for attribute in ("name", "prefix", "Config"):
+        if not hasattr(cls, attribute):
+            raise TypeError(
+                f"client technique {cls.__qualname__} has no {attribute!r}: set the "
+                "class attributes name, prefix and Config (ClientTechnique's docstring)"
+            )
+    if cls.name in CLIENT_TECHNIQUES:
+        raise ValueError(
+            f"client technique {cls.name!r} is registered already (by "
+            f"{CLIENT_TECHNIQUES[cls.name].__module__}); give {cls.__qualname__} "
+            "another name"
+        )
     register_section(
         cls.name,
         cls.Config,

@@ -23,7 +23,12 @@ import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.core.config import ClientConfig, DpSgdConfig, ModelConfig, RunConfig
-from fl_app.core.techniques import ClientTechnique, active_techniques, make_techniques
+from fl_app.core.techniques import (
+    ClientTechnique,
+    active_techniques,
+    make_techniques,
+    state_for,
+)
 from fl_app.data import ArrayDataset
 from fl_app.features.augmentation.augmenter import Augmenter
 from fl_app.ml.models import build_model
@@ -107,9 +112,12 @@ def hook_techniques(
 
 
 def begin_techniques(techniques: list[ClientTechnique], variables: list) -> None:
-    """Start a local training for each technique (weights as the server sent)."""
+    """Start a local training for each technique (weights as the server sent).
+
+    Each gets its state of the client training now (``client_state``).
+    """
     for technique in techniques:
-        technique.begin(variables)
+        technique.begin(variables, state_for(technique.name))
 
 
 def end_techniques(
@@ -118,7 +126,7 @@ def end_techniques(
     """Finish a local training; return the techniques' metrics."""
     metrics: dict[str, float] = {}
     for technique in techniques:
-        metrics.update(technique.end(variables))
+        metrics.update(technique.end(variables, state_for(technique.name)))
     return metrics
 
 

@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fl_app.core.schema import fail, setting
-from fl_app.core.techniques import ClientTechnique, register_client_technique
+from fl_app.core.techniques import (
+    ClientTechnique,
+    TechniqueState,
+    register_client_technique,
+)
 
 if TYPE_CHECKING:
     from fl_app.core.config import RunConfig
@@ -88,12 +92,14 @@ class FedProx(ClientTechnique):
         optimizer.apply_gradients = apply_gradients
         return optimizer
 
-    def begin(self, variables: Sequence[Any]) -> None:
+    def begin(self, variables: Sequence[Any], state: TechniqueState) -> None:
         """Remember the weights the server sent: the centre of the proximal term."""
         for v in variables:
             self.anchors[v.ref()].assign(v)
 
-    def end(self, variables: Sequence[Any]) -> Mapping[str, float]:
+    def end(
+        self, variables: Sequence[Any], state: TechniqueState
+    ) -> Mapping[str, float]:
         """Report how far local training moved: ``||w - w_global||``."""
         import tensorflow as tf
 
