@@ -84,8 +84,13 @@ class StrategySpec:
     width_slicing : bool
         Clients train width slices of the model (``strategy-capacities`` and its
         siblings apply; the strategy sets the widths, so ``model-width`` stays 1).
+    mean_aggregate : bool
+        The new global model is a (weighted) mean of the updates: what Flower's
+        client-level DP wrappers calibrate their noise to, and all SecAgg+ lets the
+        server compute. False (the default) refuses both for the strategy; a
+        strategy that averages declares it.
     workflow : str
-        The ServerApp workflow that drives its rounds (``fl_app.server_app``
+        The ServerApp workflow that drives its rounds (``fl_app.server.registry``
         ``WORKFLOWS``); ``rounds``: FedAvg-style fit and evaluate rounds.
     """
 
@@ -96,6 +101,7 @@ class StrategySpec:
     why_not_dp_sgd: str = ""
     personal_state: bool = False
     width_slicing: bool = False
+    mean_aggregate: bool = False
     workflow: str = "rounds"
 
 
@@ -118,7 +124,7 @@ def register_strategy_spec(spec: StrategySpec) -> StrategySpec:
     return spec
 
 
-register_strategy_spec(StrategySpec("fedavg"))
+register_strategy_spec(StrategySpec("fedavg", mean_aggregate=True))
 register_strategy_spec(
     StrategySpec(
         "personalized",
@@ -510,6 +516,19 @@ class CompressionConfig:
             _require_dense(run)
 
 
+def _require_mean(run: RunConfig, key: str, value: Any, why: str) -> None:
+    """Refuse ``key`` for a strategy that does not declare a mean aggregate."""
+    spec = _spec(run)
+    if not spec.mean_aggregate:
+        means = ", ".join(n for n, s in STRATEGY_SPECS.items() if s.mean_aggregate)
+        raise fail(
+            key,
+            value,
+            f"off with strategy={spec.name} ({why}; {spec.name} does not declare "
+            f"StrategySpec.mean_aggregate; strategies that do: {means})",
+        )
+
+
 def _require_dense(run: RunConfig) -> None:
     """Pruning and compression work on dense updates: refuse other strategies."""
     spec = _spec(run)
@@ -579,6 +598,13 @@ class ClientDpConfig:
                 f"({_dense_strategies()}) and compression is off (Flower's DP "
                 "wrappers clip and noise dense full-model updates)",
             )
+        _require_mean(
+            run,
+            "clientdp",
+            self.mode,
+            "Flower's client-level DP "
+            "calibrates its noise to a mean of clipped updates",
+        )
 
 
 @dataclass(frozen=True)
@@ -602,6 +628,7 @@ class SecAggConfig:
                 f"false with strategy={spec.name}: {spec.why_not_dense}, and SecAgg+ "
                 "sums equal-shaped dense vectors",
             )
+        _require_mean(run, "secagg", True, "SecAgg+ gives the server only the sum")
         comp = run.compression
         if comp.upload != "none" or comp.delta or comp.topk < 1:
             raise fail(
@@ -1049,8 +1076,10 @@ def parse_run_config(flat: Mapping[str, Any]) -> RunConfig:
     unknown = sorted(set(flat) - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown run config key(s): {', '.join(unknown)}; "
-            f"known keys: {', '.join(known)}"
+            f"unknown run config key(s): {', '.join(unknown)}; no setting declares "
+            "them (a feature declares its settings in its folder's __init__.py, "
+            "fl_app/features/<name>/, with register_section or "
+            f"register_client_technique); known keys: {', '.join(known)}"
         )
     values = {
         key: coerce(key, flat.get(key, spec.default), spec)

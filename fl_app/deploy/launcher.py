@@ -97,6 +97,25 @@ def stage_app(app_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def check_app_config(app_dir: Path, overrides: Mapping[str, Any]) -> None:
+    """Refuse keys the app's ``[tool.flwr.app.config]`` lacks, naming the fix.
+
+    Flower rejects a run whose overrides name a key its app config does not have,
+    with ``Invalid run configuration`` and no key: a setting declared in the schema
+    (a new feature's, say) but not yet written into ``pyproject.toml``.
+    """
+    pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    declared = pyproject["tool"]["flwr"]["app"].get("config", {})
+    missing = sorted(set(overrides) - set(declared))
+    if missing:
+        raise FlowerRunError(
+            f"run config key(s) {', '.join(missing)} are not in "
+            f"{app_dir / 'pyproject.toml'}'s [tool.flwr.app.config], so Flower would "
+            "refuse the run: run `uv run python scripts/write_app_config.py` (it "
+            "writes that table from the settings the schema declares)"
+        )
+
+
 def _tool(name: str) -> str:
     """Return the path of a Flower CLI next to this interpreter (the project's venv)."""
     candidate = Path(sys.executable).parent / name
@@ -531,6 +550,7 @@ def run_app(
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = {**run_config, "output-dir": str(output_dir)}
+    check_app_config(app_dir, overrides)
     config_file = link.home / f"run_config_{time.monotonic_ns()}.toml"
     write_toml_table(overrides, config_file)
     staged = stage_app(app_dir, link.home / f"app_{time.monotonic_ns()}")

@@ -33,7 +33,10 @@ def test_pyproject_app_config_is_written_from_the_schema():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     _, body, _ = script.split_table((ROOT / "pyproject.toml").read_text())
-    assert body == app_config_toml()
+    assert body == app_config_toml(), (
+        "pyproject.toml's [tool.flwr.app.config] differs from the settings the schema "
+        "declares: run `uv run python scripts/write_app_config.py`"
+    )
 
 
 def test_config_defaults_parse():
@@ -253,7 +256,14 @@ def test_config_rules_read_a_strategys_capabilities_not_its_name(monkeypatch):
         {"strategy": "dense-new", "compression": "int8", "secagg": False}
     )
     assert cfg.strategy == "dense-new" and cfg.compression.active
-    assert parse_run_config({"strategy": "dense-new", "secagg": True}).secagg
+    # ... but client-level DP and SecAgg+ only if it declares a mean aggregate
+    for extra in ({"secagg": True}, {"clientdp": "server-fixed"}):
+        with pytest.raises(ConfigError, match="does not declare.*mean_aggregate"):
+            parse_run_config({"strategy": "dense-new", **extra})
+    monkeypatch.setitem(
+        STRATEGY_SPECS, "mean-new", StrategySpec("mean-new", mean_aggregate=True)
+    )
+    assert parse_run_config({"strategy": "mean-new", "secagg": True}).secagg
     # ... a non-dense one is refused what needs dense updates, with its reason
     for extra in (
         {"compression": "int8"},
@@ -266,7 +276,7 @@ def test_config_rules_read_a_strategys_capabilities_not_its_name(monkeypatch):
     with pytest.raises(ConfigError, match="own shapes"):
         parse_run_config({"strategy": "shaped-new", "secagg": True})
     # and the strategy key names every registered strategy when it refuses one
-    with pytest.raises(ConfigError, match="dense-new, shaped-new"):
+    with pytest.raises(ConfigError, match="dense-new, shaped-new, mean-new"):
         parse_run_config({"strategy": "unknown"})
 
 

@@ -47,3 +47,14 @@ def test_a_run_that_ends_within_the_grace_is_not_cut_and_without_one_waits():
     with pytest.raises(FlowerRunError, match="did not finish within 2s"):
         _stream([sys.executable, "-c", RUN, "60"], LINK, [], lambda _: None, 2, None)
     assert STOPPED[-1][:2] == ("stop", "7")
+
+
+def test_a_key_missing_from_the_app_config_is_named_with_the_fix(tmp_path):
+    from fl_app.deploy.launcher import check_app_config
+
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.flwr.app.config]\nnum-rounds = 20\nseed = 42\n"
+    )
+    check_app_config(tmp_path, {"num-rounds": 3})  # known keys pass
+    with pytest.raises(FlowerRunError, match="strategy-server-lr.*write_app_config"):
+        check_app_config(tmp_path, {"num-rounds": 3, "strategy-server-lr": 0.1})
