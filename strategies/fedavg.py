@@ -128,7 +128,8 @@ class FedAvg(FlowerFedAvg):
         # from (sampling_seed, round), whatever the node ids (:meth:`by_partition`)
         self.partition_of: dict[int, int] = {}
         self.sampling_seed = 0
-        self._round = 0  # the round being aggregated (note_round)
+        # the round being aggregated: aggregate_layers and note_round read it
+        self.server_round = 0
         # The model clients decode from what they were last sent (deltas add to it).
         self._reference: NDArrays = self._global
 
@@ -233,7 +234,7 @@ class FedAvg(FlowerFedAvg):
 
     def note_round(self, key: str, value: Any) -> None:
         """Add ``key`` to the record of the round being aggregated."""
-        self._record(self._round)[key] = value
+        self._record(self.server_round)[key] = value
 
     def pop_round_record(self, server_round: int) -> dict[str, Any]:
         """Return and forget the record of a finished round.
@@ -344,7 +345,7 @@ class FedAvg(FlowerFedAvg):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Validate each update, then average the accepted ones weighted by examples."""
-        self._round = server_round
+        self.server_round = server_round
         record = self._record(server_round)
         self._phase_time(record, "_fit_sent", "fit_s")
         self._count_failures(record, failures, "train")
@@ -503,7 +504,12 @@ class FedAvg(FlowerFedAvg):
         return check_update(self._global, update)
 
     def aggregate_layers(self, accepted: list[tuple[int, NDArrays, int]]) -> NDArrays:
-        """Return the new global model from accepted ``(node, weights, examples)``."""
+        """Return the new global model from accepted ``(node, weights, examples)``.
+
+        Override this to aggregate differently; ``self.server_round`` is the round
+        being aggregated and ``self.global_parameters`` the model the round started
+        from (a server optimizer's step is from there).
+        """
         return aggregate_weighted(
             [(weights, 1 if self.uniform else n) for _, weights, n in accepted]
         )
