@@ -3,7 +3,7 @@
 Scaled (``λ·delta``), sign-flipped (``-λ·delta``), Gaussian noise, "a little is
 enough" (Baruch et al., NeurIPS 2019, https://arxiv.org/abs/1902.06156) and an
 inflated example count. The strategy puts them in place of the attackers' honest
-updates before its defence (``FedAvg.attack``), in simulation only; label flipping
+updates before its defence (:class:`AttackStage`), in simulation only; label flipping
 happens on the client's data (``fl_app.features.robust.settings``). Pure numpy.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 from flwr.common import NDArrays
 
 from strategies.defences import delta_pairs, with_delta
+from strategies.stages import Update
 
 ATTACKS = ("scaled", "sign_flip", "gaussian", "alie", "label_flip", "examples")
 
@@ -97,3 +98,26 @@ class Attack:
             elif self.kind == "examples":
                 counts[i] = self.num_examples
         return updates, counts, hit
+
+
+@dataclass(frozen=True)
+class AttackStage:
+    """Put the simulated attackers' updates in place of theirs (a FedAvg stage)."""
+
+    attack: Attack
+
+    def apply(
+        self, server_round: int, updates: list[Update], record: dict[str, Any]
+    ) -> None:
+        """Replace the attackers' weights or claims; record who attacked."""
+        weights, counts, hit = self.attack.apply(
+            server_round,
+            [u.partition_id for u in updates],
+            [u.reference for u in updates],
+            [u.weights for u in updates],
+            [u.num_examples for u in updates],
+        )
+        record["attackers"] = [updates[i].partition_id for i in hit]
+        for i in hit:
+            updates[i].weights, updates[i].num_examples = weights[i], counts[i]
+            updates[i].attacked = self.attack.kind

@@ -1,4 +1,4 @@
-"""Defences every strategy applies to a round's updates (``FedAvg.defence``).
+"""Defences every strategy applies to a round's updates (:class:`DefenceStage`).
 
 An update-norm bound (fixed, or a multiple of the round's median delta norm; a
 longer update is clipped to it or rejected) and a cap on the example count a client
@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 from flwr.common import NDArrays
+
+from strategies.stages import Update
 
 
 def delta_pairs(reference: NDArrays, update: NDArrays) -> list[tuple[int, np.ndarray]]:
@@ -186,3 +188,27 @@ def defend(
             verdict.capped = True
         verdicts.append(verdict)
     return verdicts
+
+
+@dataclass(frozen=True)
+class DefenceStage:
+    """Apply a :class:`Defence` to a round's updates (a FedAvg stage)."""
+
+    defence: Defence
+
+    def apply(
+        self, server_round: int, updates: list[Update], record: dict[str, Any]
+    ) -> None:
+        """Clip or reject by norm, cap claims, or weigh equally, per the defence."""
+        live = [u for u in updates if u.weights is not None]
+        verdicts = defend(
+            self.defence,
+            [u.reference for u in live],
+            [u.weights for u in live],
+            [u.num_examples for u in live],
+        )
+        for update, verdict in zip(live, verdicts, strict=True):
+            update.weights, update.num_examples = verdict.update, verdict.num_examples
+            update.reasons += verdict.reasons
+            update.clipped |= verdict.clipped
+            update.capped |= verdict.capped

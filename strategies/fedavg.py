@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,8 +34,7 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 from flwr.server.strategy.aggregate import weighted_loss_avg
 
 from strategies.aggregation import aggregate_metrics, aggregate_weighted, check_update
-from strategies.attacks import Attack
-from strategies.defences import Defence, Verdict, defend
+from strategies.stages import Stage, Update
 from strategies.transport import ServerPruner, Transport
 
 log = logging.getLogger(__name__)
@@ -78,11 +77,11 @@ class FedAvg(FlowerFedAvg):
     uniform : bool
         Average clients with equal weights instead of by examples (client-level DP:
         its noise is calibrated to one client's clipped share of an unweighted mean).
-    defence : Defence | None
-        Update-norm bound and example-count cap (``strategies.defences``).
-    attack : Attack | None
-        Simulated attackers' updates, put in place of theirs before the defence
-        (research, simulation only).
+    stages : Sequence[Stage]
+        What happens to the round's accepted updates before they are averaged, in
+        order (``strategies.stages``): simulated attacks
+        (``strategies.attacks.AttackStage``), update defences
+        (``strategies.defences.DefenceStage``).
     """
 
     def __init__(
@@ -96,8 +95,7 @@ class FedAvg(FlowerFedAvg):
         transport: Transport | None = None,
         pruner: ServerPruner | None = None,
         uniform: bool = False,
-        defence: Defence | None = None,
-        attack: Attack | None = None,
+        stages: Sequence[Stage] = (),
     ) -> None:
         if pruner is not None:
             initial_parameters = ndarrays_to_parameters(
@@ -122,8 +120,7 @@ class FedAvg(FlowerFedAvg):
         self.transport = transport or Transport()
         self.pruner = pruner
         self.uniform = uniform
-        self.defence = defence
-        self.attack = attack
+        self.stages = tuple(stages)
         # node id -> partition id: when set, clients are sampled by partition id
         # from (sampling_seed, round), whatever the node ids (:meth:`by_partition`)
         self.partition_of: dict[int, int] = {}
@@ -385,8 +382,8 @@ class FedAvg(FlowerFedAvg):
             accepted_metrics.append((res.num_examples, res.metrics))
             clients.append(client)
 
-        if self.attack is not None or self.defence is not None:
-            accepted, accepted_metrics = self._defend(
+        if self.stages:
+            accepted, accepted_metrics = self._run_stages(
                 server_round, record, accepted, accepted_metrics, clients
             )
         metrics: dict[str, Scalar] = {
@@ -429,7 +426,7 @@ class FedAvg(FlowerFedAvg):
         """Return the model node ``node_id`` was sent: its update's delta is to it."""
         return self._reference
 
-    def _defend(
+    def _run_stages(
         self,
         server_round: int,
         record: dict[str, Any],
@@ -437,40 +434,31 @@ class FedAvg(FlowerFedAvg):
         accepted_metrics: list[tuple[int, dict[str, Scalar]]],
         clients: list[dict[str, Any]],
     ) -> tuple[list[tuple[int, NDArrays, int]], list[tuple[int, dict[str, Scalar]]]]:
-        """Put the simulated attack in place, then apply the defence; record both."""
-        nodes = [node for node, _, _ in accepted]
-        references = [self.reference_for(node) for node in nodes]
-        updates = [update for _, update, _ in accepted]
-        counts = [n for _, _, n in accepted]
-        if self.attack is not None:
-            pids = [client["partition_id"] for client in clients]
-            updates, counts, hit = self.attack.apply(
-                server_round, pids, references, updates, counts
-            )
-            record["attackers"] = [pids[i] for i in hit]
-            for i in hit:
-                clients[i]["attacked"] = self.attack.kind
-        verdicts = (
-            defend(self.defence, references, updates, counts)
-            if self.defence is not None
-            else [Verdict(u, n) for u, n in zip(updates, counts, strict=True)]
-        )
+        """Run the stages over the accepted updates; check, record and keep the rest."""
+        updates = [
+            Update(node, client["partition_id"], self.reference_for(node), weights, n)
+            for (node, weights, n), client in zip(accepted, clients, strict=True)
+        ]
+        for stage in self.stages:
+            stage.apply(server_round, updates, record)
         kept, kept_metrics = [], []
-        for node, verdict, client, (_, fit_metrics) in zip(
-            nodes, verdicts, clients, accepted_metrics, strict=True
+        for update, client, (_, fit_metrics) in zip(
+            updates, clients, accepted_metrics, strict=True
         ):
-            update = verdict.update
-            reason = "; ".join(verdict.reasons) or None
-            if update is not None:  # what an attacker sent is checked like any update
-                invalid = self.check_layers(node, update)
+            if update.attacked is not None:
+                client["attacked"] = update.attacked
+            weights = update.weights
+            reason = "; ".join(update.reasons) or None
+            if weights is not None:  # what a stage put in is checked like any update
+                invalid = self.check_layers(update.node, weights)
                 if invalid is not None:
-                    update, reason = None, invalid
-            if update is None:
-                self._reject(record, client, reason, node)
+                    weights, reason = None, invalid
+            if weights is None:
+                self._reject(record, client, reason, update.node)
                 continue
-            if verdict.clipped or verdict.capped:
-                record["num_clipped"] += verdict.clipped
-                record["num_capped"] += verdict.capped
+            if update.clipped or update.capped:
+                record["num_clipped"] += update.clipped
+                record["num_capped"] += update.capped
                 client["defended"] = reason
                 log.info(
                     "round %d: client %s: %s",
@@ -478,8 +466,8 @@ class FedAvg(FlowerFedAvg):
                     client["partition_id"],
                     reason,
                 )
-            kept.append((node, update, verdict.num_examples))
-            kept_metrics.append((verdict.num_examples, fit_metrics))
+            kept.append((update.node, weights, update.num_examples))
+            kept_metrics.append((update.num_examples, fit_metrics))
         return kept, kept_metrics
 
     def _decode_update(

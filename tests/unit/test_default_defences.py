@@ -18,7 +18,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from fl_app.core.config import ConfigError, parse_run_config
 from fl_app.features.robust.server import defence_of
 from fl_app.features.robust.settings import DefenceConfig
-from strategies.defences import defend
+from strategies.defences import DefenceStage, defend
 from strategies.fedavg import FedAvg
 
 DEFAULT = defence_of(parse_run_config({}), DefenceConfig())
@@ -122,7 +122,7 @@ def test_the_default_spares_personalized_partial_updates():
             initial_parameters=ndarrays_to_parameters(
                 [np.zeros((10, 20), np.float32), np.zeros(3, np.float32)]
             ),
-            defence=defence,
+            stages=[DefenceStage(defence)] if defence is not None else [],
         )
         params, metrics = strategy.aggregate_fit(1, results, [])
         return params.tensors, metrics
@@ -202,7 +202,7 @@ def test_the_default_gives_fedavg_the_same_aggregate_on_honest_clients():
             clients_per_round=10,
             evaluate_clients_per_round=0,
             initial_parameters=ndarrays_to_parameters([np.zeros(200, np.float32)]),
-            defence=defence,
+            stages=[DefenceStage(defence)] if defence is not None else [],
         )
         return strategy.aggregate_fit(1, results, [])[0].tensors
 

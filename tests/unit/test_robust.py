@@ -13,8 +13,8 @@ from flwr.common import (
 )
 
 from fl_app.core.config import ConfigError, parse_run_config
-from strategies.attacks import Attack, alie_z
-from strategies.defences import Defence, defend, delta_norm
+from strategies.attacks import Attack, AttackStage, alie_z
+from strategies.defences import Defence, DefenceStage, defend, delta_norm
 from strategies.fedavg import FedAvg
 from strategies.robust import robust_aggregate
 
@@ -135,8 +135,10 @@ def test_fedavg_puts_the_attack_in_then_clips_it_and_records_both():
         clients_per_round=3,
         evaluate_clients_per_round=0,
         initial_parameters=ndarrays_to_parameters(ZERO),
-        defence=Defence(norm_bound=2.0),
-        attack=Attack("scaled", frozenset({0}), scale=1e6),
+        stages=[
+            AttackStage(Attack("scaled", frozenset({0}), scale=1e6)),
+            DefenceStage(Defence(norm_bound=2.0)),
+        ],
     )
     ok = Status(code=Code.OK, message="")
     results = [

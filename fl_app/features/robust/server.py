@@ -22,22 +22,29 @@ from fl_app.server.registry import (
     register_strategy_options,
 )
 from fl_app.server.run import ServerRun
-from strategies.attacks import Attack
-from strategies.defences import Defence
+from strategies.attacks import Attack, AttackStage
+from strategies.defences import Defence, DefenceStage
 from strategies.fedavg import FedAvg
 from strategies.robust import RULES, RobustFedAvg
+from strategies.stages import Stage
 
 log = logging.getLogger(__name__)
 
 
 @register_strategy_options
 def defences_and_attack(cfg: RunConfig) -> dict[str, Any]:
-    """Every strategy applies the update defences and, in simulation, the attack."""
+    """Give every strategy the attack (simulation) and the defences, as stages.
+
+    In this order, around its aggregation (``strategies.stages``).
+    """
     defence, attack = cfg.extra("defence"), cfg.extra("attack")
-    return {
-        "defence": defence_of(cfg, defence) if defence is not None else None,
-        "attack": attack_of(cfg, attack) if attack is not None else None,
-    }
+    stages: list[Stage] = []
+    if attack is not None:
+        stages.append(AttackStage(attack_of(cfg, attack)))
+    guard = defence_of(cfg, defence) if defence is not None else None
+    if guard is not None:
+        stages.append(DefenceStage(guard))
+    return {"stages": stages}
 
 
 def defence_of(cfg: RunConfig, defence: DefenceConfig) -> Defence | None:
