@@ -17,7 +17,9 @@ Median-relative bounds guard against honest outliers three ways:
   widely (log-normal data sizes, say) is judged by its own spread, while one
   client far from a tight crowd is still caught;
 - updates of different sizes (width slices) are compared by their root mean square
-  delta, so a full-width client is not judged against the median of narrow ones.
+  delta, so a full-width client is not judged against the median of narrow ones;
+- a client that claims more rows than the median (capped) may move further, by the
+  square root of its share (:func:`work_allowance`): more rows, more local steps.
 """
 
 from __future__ import annotations
@@ -124,6 +126,28 @@ def spread_factor(values: Sequence[float], z: float) -> float:
     return math.exp(z * 1.4826 * mad)
 
 
+def work_allowance(
+    counts: Sequence[int], cap: float | None, spread: float
+) -> list[float]:
+    """How much longer than the median bound each client's delta may be.
+
+    A client with more rows takes more local steps and moves further: its bound
+    grows by ``sqrt(claim / median claim)`` (at least 1), the claim first capped —
+    at the example cap when it is on, else at the cap the default would set (2 x
+    the median, widened to the spread) — so an inflated claim buys at most
+    ``sqrt(cap / median)``.
+    """
+    if not counts:
+        return []
+    median = statistics.median(counts)
+    if median <= 0:
+        return [1.0] * len(counts)
+    ceiling = (
+        cap if cap is not None else median * max(2.0, spread_factor(counts, spread))
+    )
+    return [math.sqrt(max(1.0, min(n, ceiling) / median)) for n in counts]
+
+
 @dataclass
 class Verdict:
     """What the defence did to one update."""
@@ -160,6 +184,9 @@ def defend(
         judged = [norm / s for norm, s in zip(norms, scale, strict=True)]
     threshold = defence.norm_threshold(judged)
     cap = defence.examples_cap(counts)
+    if threshold is not None and defence.norm_mode != "fixed":
+        allowance = work_allowance(counts, cap, defence.spread)
+        scale = [u * a for u, a in zip(scale, allowance, strict=True)]
     verdicts = []
     for reference, update, n, norm, unit in zip(
         references, updates, counts, norms, scale, strict=True

@@ -70,8 +70,9 @@ def test_the_default_spares_a_round_of_few_clients():
     counts = [100, 100, 400]
     verdicts = defend(DEFAULT, [[np.zeros(1)]] * 3, updates, counts)
     assert unchanged(verdicts, updates, counts)
-    # five updates are judged: the same outlier among five is rejected and capped
-    updates5 = [*updates[:2], *updates[:2], updates[2]]
+    # five updates are judged: an outlier among five is rejected and capped (its
+    # claim capped at 2 x 100 lets its delta be sqrt(2) x longer: 3 x 1.41 < 4.5)
+    updates5 = [*updates[:2], *updates[:2], [np.array([4.5])]]
     verdicts = defend(DEFAULT, [[np.zeros(1)]] * 5, updates5, [*counts[:2]] * 2 + [400])
     assert verdicts[4].update is None and verdicts[4].capped
 
@@ -79,11 +80,15 @@ def test_the_default_spares_a_round_of_few_clients():
 def test_the_default_spares_a_federation_whose_data_sizes_spread_widely():
     # The client sizes of dataset=synthetic (seed 42: log-normal(4, 2) + 50, from
     # 51 to 408 rows): a client with 4.5x the median data also trains 4.5x the
-    # steps, and its delta is longer (here by the square root of its share).
+    # steps, and its delta is longer. Measured in a real run (softmax, 10 clients,
+    # round 1): the 293-row client's delta was 0.917 against a median of ~0.29,
+    # about (its share)^0.75; so here.
     sizes = [51, 54, 56, 59, 79, 102, 120, 150, 294, 408]
     median = 90.5
     rng = np.random.default_rng(1)
-    updates = [[d * np.sqrt(n / median)] for d, n in zip(honest_deltas(rng, 10), sizes)]
+    updates = [
+        [d * (n / median) ** 0.75] for d, n in zip(honest_deltas(rng, 10), sizes)
+    ]
     verdicts = defend(DEFAULT, [[np.zeros(200)]] * 10, updates, sizes)
     assert unchanged(verdicts, updates, sizes)
     # without the widening (spread 0), the two largest would be capped at 181
@@ -91,6 +96,39 @@ def test_the_default_spares_a_federation_whose_data_sizes_spread_widely():
 
     plain = defend(replace(DEFAULT, spread=0.0), [[np.zeros(200)]] * 10, updates, sizes)
     assert [v.num_examples for v in plain][-2:] == [181, 181]
+
+
+def test_a_lone_client_with_far_more_data_keeps_its_update_but_not_its_claim():
+    # Nine clients of 60 rows and one of 270 (4.5x): its delta is 4.5^0.75 = 3.09x
+    # the others' (more steps), beyond 3x the median norm. Its claim, capped at
+    # 2 x 60, lets its delta be sqrt(120 / 60) = 1.41x longer: 3 x 1.41 = 4.24 >
+    # 3.09, so its update is kept. Its claim is capped at 120: no rule that reads
+    # only the claims can tell it from a client inflating its own (the documented
+    # limit; such a federation sets robust.max_examples=0).
+    rng = np.random.default_rng(8)
+    deltas = honest_deltas(rng, 10, scale=0.05)
+    norm = np.median([np.linalg.norm(d) for d in deltas])
+    updates = [[d / np.linalg.norm(d) * norm] for d in deltas]
+    updates[9] = [updates[9][0] * 4.5**0.75]
+    counts = [60] * 9 + [270]
+    verdicts = defend(DEFAULT, [[np.zeros(200)]] * 10, updates, counts)
+    assert verdicts[9].update is updates[9]  # kept
+    assert verdicts[9].capped and verdicts[9].num_examples == 120
+    assert unchanged(verdicts[:9], updates[:9], counts[:9])
+
+
+def test_an_inflated_claim_buys_a_longer_delta_only_up_to_the_cap():
+    # digits-sized clients; the attacker flips its update x5 and claims 10^9 rows:
+    # its claim is capped at 2 x the median, which lets its delta be sqrt(2) x
+    # the bound (3 x 1.41 = 4.24 x the median norm): x5 is still rejected
+    rng = np.random.default_rng(7)
+    deltas = honest_deltas(rng, 10)
+    updates = [[d] for d in deltas]
+    updates[0] = [-5 * deltas[0]]
+    counts = [10**9] + [130 + 5 * i for i in range(1, 10)]
+    verdicts = defend(DEFAULT, [[np.zeros(200)]] * 10, updates, counts)
+    assert verdicts[0].update is None and verdicts[0].capped
+    assert unchanged(verdicts[1:], updates[1:], counts[1:])
 
 
 def test_the_default_spares_personalized_partial_updates():
