@@ -53,58 +53,8 @@ def test_config_hydra_default_equals_pyproject_defaults():
         assert defaults[key] == value, key
 
 
-GROUPS = [
-    "dataset",
-    "partition",
-    "model",
-    "strategy",
-    "client",
-    "client/augmentation",
-    "pruning",
-    "compression",
-    "dpsgd",
-    "clientdp",
-    "secagg",
-    "split",
-    "synthetic",
-    "attack",
-]
-
-
-def group_options(group):
-    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def every_option():
-    """The flat run config of every option of every group, composed in one session."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from fl_app.core.config import flatten_nested
-
-    composed = {}
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for group in GROUPS:
-            for option in group_options(group):
-                cfg = compose("config", overrides=[f"{group}={option}"])
-                composed[group, option] = flatten_nested(
-                    OmegaConf.to_container(cfg, resolve=True)
-                )
-    return composed
-
-
-def test_config_every_hydra_option_maps_to_known_keys(every_option):
-    assert {group for group, _ in every_option} == set(GROUPS)
-    known = set(default_run_config())
-    for (group, option), flat in every_option.items():
-        assert set(flat) <= known, (group, option)
-
-
-def test_config_hydra_keys_cover_every_run_config_key(every_option):
-    covered = set().union(*every_option.values())
-    missing = set(default_run_config()) - covered - {"output-dir"}
-    assert not missing
+# Every option of every conf/ group and every experiment preset is composed and
+# parsed in tests/unit/test_conf.py.
 
 
 @pytest.mark.parametrize(
