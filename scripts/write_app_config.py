@@ -12,12 +12,14 @@ setting:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _generated
+
+from _generated import rewrite  # noqa: E402
 
 from fl_app.core.config import app_config_toml  # noqa: E402
 
@@ -41,20 +43,14 @@ def split_table(text: str) -> tuple[str, str, str]:
 
 def main() -> int:
     """Rewrite the table (or, with --check, only compare); return the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1")
-    args = parser.parse_args()
-    path = ROOT / "pyproject.toml"
-    before, body, after = split_table(path.read_text())
-    wanted = app_config_toml()
-    if body == wanted:
-        return 0
-    if args.check:
-        print(f"{path}: [tool.flwr.app.config] is out of date; run {__file__}")
-        return 1
-    path.write_text(before + wanted + after)
-    print(f"wrote [tool.flwr.app.config] in {path}")
-    return 0
+    return rewrite(
+        ROOT / "pyproject.toml",
+        split_table,
+        app_config_toml(),
+        "[tool.flwr.app.config]",
+        "uv run python scripts/write_app_config.py",
+        __doc__.split("\n\n")[0],
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ mapping is the one the entry point really applies.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,6 +26,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _generated
+
+from _generated import rewrite  # noqa: E402
 
 from fl_app.core.config import (  # noqa: E402
     NON_APP_GROUPS,
@@ -135,19 +137,14 @@ def split_page(text: str) -> tuple[str, str, str]:
 
 def main() -> int:
     """Rewrite the table (or, with --check, only compare); return the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1")
-    args = parser.parse_args()
-    before, table, after = split_page(PAGE.read_text())
-    wanted = settings_table()
-    if table == wanted:
-        return 0
-    if args.check:
-        print(f"{PAGE}: the settings table is out of date; run {COMMAND}")
-        return 1
-    PAGE.write_text(before + wanted + after)
-    print(f"wrote the settings table in {PAGE}")
-    return 0
+    return rewrite(
+        PAGE,
+        split_page,
+        settings_table(),
+        "the settings table",
+        COMMAND,
+        __doc__.split("\n\n")[0],
+    )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,20 @@ def honest_deltas(rng, count, size=200, scale=0.05):
     return [common + rng.normal(0, scale, size) for _ in range(count)]
 
 
+def aggregate_with(strategy_class, results, initial, defence, **kwargs):
+    """One round of ``strategy_class`` over ``results``, the defence as its stage."""
+    strategy = strategy_class(
+        num_clients=len(results),
+        clients_per_round=len(results),
+        evaluate_clients_per_round=0,
+        initial_parameters=ndarrays_to_parameters(initial),
+        stages=[DefenceStage(defence)] if defence is not None else [],
+        **kwargs,
+    )
+    params, metrics = strategy.aggregate_fit(1, results, [])
+    return params.tensors, metrics
+
+
 def unchanged(verdicts, updates, counts):
     """Every update kept as sent, every claim as made."""
     return all(
@@ -151,19 +165,12 @@ def test_the_default_spares_personalized_partial_updates():
         for i, d in enumerate(honest_deltas(rng, 6))
     ]
 
+    initial = [np.zeros((10, 20), np.float32), np.zeros(3, np.float32)]
+
     def aggregate(defence):
-        strategy = PersonalizedFedAvg(
-            local_mask=[False, True],
-            num_clients=6,
-            clients_per_round=6,
-            evaluate_clients_per_round=0,
-            initial_parameters=ndarrays_to_parameters(
-                [np.zeros((10, 20), np.float32), np.zeros(3, np.float32)]
-            ),
-            stages=[DefenceStage(defence)] if defence is not None else [],
+        return aggregate_with(
+            PersonalizedFedAvg, results, initial, defence, local_mask=[False, True]
         )
-        params, metrics = strategy.aggregate_fit(1, results, [])
-        return params.tensors, metrics
 
     with_default, metrics = aggregate(DEFAULT)
     assert with_default == aggregate(None)[0]  # bit-equal
@@ -235,14 +242,7 @@ def test_the_default_gives_fedavg_the_same_aggregate_on_honest_clients():
     ]
 
     def aggregate(defence):
-        strategy = FedAvg(
-            num_clients=10,
-            clients_per_round=10,
-            evaluate_clients_per_round=0,
-            initial_parameters=ndarrays_to_parameters([np.zeros(200, np.float32)]),
-            stages=[DefenceStage(defence)] if defence is not None else [],
-        )
-        return strategy.aggregate_fit(1, results, [])[0].tensors
+        return aggregate_with(FedAvg, results, [np.zeros(200, np.float32)], defence)[0]
 
     assert aggregate(DEFAULT) == aggregate(None)
 
