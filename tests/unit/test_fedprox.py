@@ -13,6 +13,7 @@ from fl_app.ml.training import (
     train_local,
     train_local_dp,
 )
+from tests.by_hand import clipped_softmax_grads, softmax_grads
 from tests.inprocess import compose_flat
 
 SOFTMAX_SGD = {
@@ -23,15 +24,6 @@ SOFTMAX_SGD = {
     "client-learning-rate": 0.5,
     "client-batch-size": 8,
 }
-
-
-def softmax_grads(kernel, bias, x, y):
-    """Gradient of the mean cross-entropy of softmax(x @ kernel + bias), by hand."""
-    logits = x @ kernel + bias
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0  # dL/dlogits = p - onehot(y)
-    return x.T @ p / len(y), p.mean(axis=0)
 
 
 def test_fedprox_two_sgd_steps_equal_the_steps_worked_by_hand():
@@ -112,17 +104,6 @@ def test_fedprox_trains_the_global_copy_of_personalized_clients():
     assert distance == pytest.approx(by_hand, rel=1e-4)
     plain = np.sqrt(sum(float((w**2).sum()) for w in results[0.0].global_weights))
     assert distance < plain
-
-
-def clipped_softmax_grads(kernel, bias, x, y, clip):
-    """Mean of the per-example gradients, each clipped to L2 norm ``clip``, by hand."""
-    logits = x @ kernel + bias
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0  # example i: kernel x_i (p_i - e_i)^T, bias p_i - e_i
-    norms = np.linalg.norm(p, axis=1) * np.sqrt((x**2).sum(axis=1) + 1.0)
-    scale = np.minimum(1.0, clip / norms)[:, None]
-    return x.T @ (p * scale) / len(y), (p * scale).mean(axis=0), norms
 
 
 def test_fedprox_with_dp_sgd_adds_the_term_to_the_clipped_gradient():
