@@ -4,9 +4,8 @@ import pytest
 from fl_app.core.config import AugmentationConfig, ConfigError, parse_run_config
 from fl_app.data import ArrayDataset
 from fl_app.features.augmentation.augmenter import check_image_input, make_augmenter
+from fl_app.ml.models import build_model
 from fl_app.ml.training import (
-    clear_model_cache,
-    evaluate_model,
     get_compiled_model,
     model_key,
     train_local,
@@ -34,26 +33,78 @@ def test_augmenter_changes_batch_and_is_seeded():
     assert not np.allclose(a, c)
 
 
+class InOrder:
+    """A stand-in for the shuffling generator that keeps the rows in order."""
+
+    def permutation(self, n):
+        return np.arange(n)
+
+
 def test_augmentation_runs_in_training_only():
-    # Prepare: a spy augmenter that counts the batches it sees.
-    clear_model_cache()
+    # Prepare: the real augmenter behind a spy that keeps what it gets and gives.
     cfg = parse_run_config({})
     model = get_compiled_model(model_key(cfg, (8, 8, 1), 10))
+    start = model.get_weights()
     data = ArrayDataset(images(40), np.arange(40) % 10)
-    seen = []
+    augmenter = make_augmenter(LIGHT, seed=1)
+    given, returned = [], []
 
     def spy(batch):
-        seen.append(len(batch))
-        return batch
+        given.append(np.array(batch))
+        returned.append(augmenter(batch).numpy())
+        return returned[-1]
 
-    # Execute / Assert: training passes every batch through it (32 + 8 rows) ...
+    # Execute: one epoch with augmentation (batches of 32 + 8 rows) ...
     train_local(model, data, cfg.client, np.random.default_rng(0), spy)
-    assert seen == [32, 8]
-    # ... while the model has no augmentation layers and evaluation is unchanged by it
-    assert not any("random" in layer.name for layer in model.layers)
-    before = evaluate_model(model, data)
-    assert evaluate_model(model, data) == before
-    clear_model_cache()
+    augmented = model.get_weights()
+    # ... and one without, on the very rows the augmenter returned, in that order
+    model.set_weights(start)
+    order = np.random.default_rng(0).permutation(40)  # train_local's shuffle
+    rows = ArrayDataset(np.concatenate(returned), data.y[order])
+    train_local(model, rows, cfg.client, InOrder())
+    by_hand = model.get_weights()
+
+    # Assert: the augmenter got every training row once, in the epoch's order ...
+    assert [len(b) for b in given] == [32, 8]
+    np.testing.assert_array_equal(np.concatenate(given), data.x[order])
+    # ... returned changed images of the same shape (labels are not its business)
+    assert all(
+        r.shape == g.shape and not np.allclose(r, g) for r, g in zip(returned, given)
+    )
+    # ... and the model trained on what it returned, each row with its own label
+    for a, b in zip(augmented, by_hand, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert any(not np.array_equal(a, b) for a, b in zip(augmented, start))
+    # The augmentation is not part of the model: evaluation and the weights sent
+    # never see it (the compiled model has the plain model's layers only).
+    plain = build_model(cfg.model, (8, 8, 1), 10)
+    assert [layer.name for layer in model.layers] == [
+        layer.name for layer in plain.layers
+    ]
+
+
+def test_augmented_training_is_reproducible_and_differs_from_plain_training():
+    # Prepare
+    cfg = parse_run_config({"model": "softmax"})
+    model = get_compiled_model(model_key(cfg, (8, 8, 1), 10))
+    start = model.get_weights()
+    data = ArrayDataset(images(40), np.arange(40) % 10)
+
+    def trained(augment):
+        model.set_weights(start)
+        train_local(model, data, cfg.client, np.random.default_rng(0), augment)
+        return model.get_weights()
+
+    # Execute
+    first = trained(make_augmenter(LIGHT, seed=1))
+    again = trained(make_augmenter(LIGHT, seed=1))
+    other_seed = trained(make_augmenter(LIGHT, seed=2))
+    plain = trained(None)
+    # Assert: the same seed trains the same weights; another seed, or none, not
+    for a, b in zip(first, again, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert any(not np.allclose(a, b) for a, b in zip(first, other_seed))
+    assert any(not np.allclose(a, b) for a, b in zip(first, plain))
 
 
 def test_image_augmentation_on_vectors_fails_clearly():
@@ -91,3 +142,31 @@ def test_augmented_client_configures_tensorflow_before_first_op(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     configure_tensorflow.cache_clear()
     configure_tensorflow()
+
+
+def test_client_trains_on_augmented_batches_seeded_per_round():
+    # Prepare: the same client and global weights with augmentation off and on.
+    from fl_app.client.keras_client import KerasClient
+
+    base = {
+        "num-clients": 4,
+        "clients-per-round": 4,
+        "evaluate-clients-per-round": 4,
+        "model": "softmax",
+    }
+    light = {"client-augmentation": "light", "client-augmentation-zoom": 0.1}
+    plain = KerasClient(parse_run_config(base), 0)
+    weights = plain.get_parameters({})
+    augmented = KerasClient(parse_run_config({**base, **light}), 0)
+
+    def fit(client, server_round):
+        new, _, _ = client.fit(weights, {"server_round": server_round})
+        return new
+
+    # Execute
+    without, first, again = fit(plain, 1), fit(augmented, 1), fit(augmented, 1)
+    # Assert: augmentation changes what the client trains on; its seed comes from
+    # (run seed, round, partition), so the same round again trains the same weights
+    assert any(not np.allclose(a, b) for a, b in zip(first, without))
+    for a, b in zip(first, again, strict=True):
+        assert a.tobytes() == b.tobytes()

@@ -86,17 +86,46 @@ def test_client_trains_at_the_decayed_learning_rate_of_the_round(dpsgd):
     np.testing.assert_allclose(first_again, first, rtol=1e-3, atol=1e-7)
 
 
+def scored_by_hand(weights, rows, width=1.0):
+    """``(loss, accuracy)`` of a freshly built model with ``weights`` on ``rows``."""
+    from fl_app.core.config import ModelConfig
+    from fl_app.ml.models import build_model
+
+    model = build_model(ModelConfig(CFG.model.name, width), (8, 8, 1), 10)
+    model.set_weights(weights)
+    p = model(rows.x, training=False).numpy()
+    loss = -np.log(np.clip(p[np.arange(len(rows.y)), rows.y], 1e-7, 1.0)).mean()
+    return loss, (p.argmax(axis=1) == rows.y).mean()
+
+
 def test_client_evaluate_on_validation_rows():
+    # Prepare: the shared model holds other weights (a fit) than those evaluated.
     client = KerasClient(CFG, 2)
-    loss, n, metrics = client.evaluate(client.get_parameters({}), {})
-    assert n == len(client.data.val) and 0 <= metrics["accuracy"] <= 1 and loss > 0
+    weights = client.get_parameters({})
+    client.fit(weights, {"server_round": 1})
+    # Execute
+    loss, n, metrics = client.evaluate(weights, {})
+    # Assert: the weights sent, scored on the validation rows (not the training rows)
+    by_hand = scored_by_hand(weights, client.data.val)
+    assert n == len(client.data.val) and metrics["partition_id"] == 2
+    assert loss == pytest.approx(by_hand[0], rel=1e-4)
+    assert metrics["accuracy"] == pytest.approx(by_hand[1])
+    assert loss != pytest.approx(scored_by_hand(weights, client.data.train)[0])
 
 
 def test_client_rejects_wrong_shapes_clearly():
     client = KerasClient(CFG, 0)
     bad = [np.zeros((2, 2), np.float32)] * 8
-    with pytest.raises(ValueError):
+    # the message names the layer's shape and the shape received
+    with pytest.raises(
+        ValueError,
+        match=r"weight shape \(3, 3, 1, 32\) is not compatible with provided "
+        r"weight shape \(2, 2\)",
+    ):
         client.fit(bad, {"server_round": 1})
+    short = client.get_parameters({})[:-1]
+    with pytest.raises(ValueError, match="list of length 7, but .* expecting 8"):
+        client.fit(short, {"server_round": 1})
 
 
 def test_check_partition_mismatch_is_clear():
@@ -110,11 +139,20 @@ def test_client_trains_the_width_it_is_sent():
     from fl_app.core.config import ModelConfig
     from fl_app.ml.models import build_model
 
+    # Prepare
     client = KerasClient(CFG, 0, capacity=0.5)
     assert client.get_properties({})["capacity"] == 0.5
     narrow = build_model(ModelConfig("cnn", 0.5), (8, 8, 1), 10).get_weights()
+    # Execute
     new, _, metrics = client.fit(narrow, {"server_round": 1, "width": 0.5})
+    loss, n, eval_metrics = client.evaluate(narrow, {"width": 0.5})
+    # Assert: the half-width model was trained and sent back at its shapes ...
     assert [w.shape for w in new] == [w.shape for w in narrow]
+    assert any(not np.array_equal(a, b) for a, b in zip(new, narrow))
     assert metrics["width"] == 0.5
-    _, _, eval_metrics = client.evaluate(new, {"width": 0.5})
-    assert 0 <= eval_metrics["accuracy"] <= 1
+    # ... and evaluation scores the half-width weights it was sent (not the ones the
+    # shared model holds after the fit) on the validation rows
+    by_hand = scored_by_hand(narrow, client.data.val, width=0.5)
+    assert n == len(client.data.val)
+    assert loss == pytest.approx(by_hand[0], rel=1e-4)
+    assert eval_metrics["accuracy"] == pytest.approx(by_hand[1])

@@ -13,21 +13,16 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common import ndarrays_to_parameters
 
 from fl_app.core.config import ConfigError, parse_run_config
 from fl_app.features.robust.server import defence_of
 from fl_app.features.robust.settings import DefenceConfig
 from strategies.defences import DefenceStage, defend
 from strategies.fedavg import FedAvg
+from tests.proxies import FakeProxy, fit_res
 
 DEFAULT = defence_of(parse_run_config({}), DefenceConfig())
-OK = Status(code=Code.OK, message="")
-
-
-class Proxy:
-    def __init__(self, node_id):
-        self.node_id = node_id
 
 
 def honest_deltas(rng, count, size=200, scale=0.05):
@@ -152,12 +147,9 @@ def test_the_default_spares_personalized_partial_updates():
     rng = np.random.default_rng(2)
     results = [
         (
-            Proxy(i),
-            FitRes(
-                OK,
-                ndarrays_to_parameters(
-                    [d.reshape(10, 20).astype(np.float32), np.empty(0, np.float32)]
-                ),
+            FakeProxy(i),
+            fit_res(
+                [d.reshape(10, 20).astype(np.float32), np.empty(0, np.float32)],
                 100 + i,
                 {"partition_id": i},
             ),
@@ -230,13 +222,8 @@ def test_the_default_gives_fedavg_the_same_aggregate_on_honest_clients():
     rng = np.random.default_rng(6)
     results = [
         (
-            Proxy(i),
-            FitRes(
-                OK,
-                ndarrays_to_parameters([d.astype(np.float32)]),
-                120 + 7 * i,
-                {"partition_id": i},
-            ),
+            FakeProxy(i),
+            fit_res([d.astype(np.float32)], 120 + 7 * i, {"partition_id": i}),
         )
         for i, d in enumerate(honest_deltas(rng, 10))
     ]

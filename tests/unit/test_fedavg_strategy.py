@@ -1,37 +1,22 @@
-from dataclasses import dataclass
-
 import numpy as np
 from flwr.common import (
-    Code,
     EvaluateRes,
-    FitRes,
     Parameters,
-    Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 
 from strategies.fedavg import FedAvg, parameters_size
-
-OK = Status(code=Code.OK, message="")
-
-
-@dataclass
-class FakeProxy:
-    node_id: int
+from tests.proxies import OK, FakeProxy, fit_res
 
 
 def global_model():
     return [np.zeros((2, 2), np.float32), np.zeros(2, np.float32)]
 
 
-def fit_res(weights, n, pid):
-    return FitRes(
-        OK,
-        ndarrays_to_parameters(weights),
-        n,
-        {"partition_id": pid, "train_loss": float(pid)},
-    )
+def client_fit(weights, n, pid):
+    """Partition ``pid``'s result: ``n`` examples, a train loss of ``pid``."""
+    return fit_res(weights, n, {"partition_id": pid, "train_loss": float(pid)})
 
 
 def make_strategy(evaluate_fn=None):
@@ -50,8 +35,8 @@ def test_fedavg_aggregates_weighted_and_records_bytes():
     ones = [np.ones((2, 2), np.float32), np.ones(2, np.float32)]
     fives = [np.full((2, 2), 5.0, np.float32), np.full(2, 5.0, np.float32)]
     results = [
-        (FakeProxy(7), fit_res(fives, 3, 1)),
-        (FakeProxy(9), fit_res(ones, 1, 0)),
+        (FakeProxy(7), client_fit(fives, 3, 1)),
+        (FakeProxy(9), client_fit(ones, 1, 0)),
     ]
     # Execute
     params, metrics = strategy.aggregate_fit(1, results, [])
@@ -73,9 +58,9 @@ def test_fedavg_rejects_bad_shape_and_nan_and_keeps_global():
     wrong = [np.ones((3, 2), np.float32), np.ones(2, np.float32)]
     nan = [np.full((2, 2), np.nan, np.float32), np.ones(2, np.float32)]
     results = [
-        (FakeProxy(1), fit_res(wrong, 50, 1)),
-        (FakeProxy(2), fit_res(good, 10, 0)),
-        (FakeProxy(3), fit_res(nan, 50, 2)),
+        (FakeProxy(1), client_fit(wrong, 50, 1)),
+        (FakeProxy(2), client_fit(good, 10, 0)),
+        (FakeProxy(3), client_fit(nan, 50, 2)),
     ]
     # Execute
     params, metrics = strategy.aggregate_fit(1, results, [])
@@ -92,7 +77,7 @@ def test_fedavg_all_rejected_leaves_global_unchanged():
     strategy = make_strategy()
     nan = [np.full((2, 2), np.inf, np.float32), np.ones(2, np.float32)]
     params, metrics = strategy.aggregate_fit(
-        1, [(FakeProxy(1), fit_res(nan, 5, 0))], []
+        1, [(FakeProxy(1), client_fit(nan, 5, 0))], []
     )
     assert params is None
     assert metrics["num_rejected"] == 1
@@ -108,7 +93,9 @@ def test_fedavg_fixed_order_gives_identical_result_for_shuffled_arrival():
         ]
         for _ in range(3)
     ]
-    results = [(FakeProxy(10 + i), fit_res(u, 7 + i, i)) for i, u in enumerate(updates)]
+    results = [
+        (FakeProxy(10 + i), client_fit(u, 7 + i, i)) for i, u in enumerate(updates)
+    ]
     a, _ = make_strategy().aggregate_fit(1, results, [])
     b, _ = make_strategy().aggregate_fit(1, results[::-1], [])
     for x, y in zip(parameters_to_ndarrays(a), parameters_to_ndarrays(b)):
@@ -155,7 +142,7 @@ def test_fedavg_some_failures_are_counted_not_fatal():
     strategy = make_strategy()
     ones = [np.ones((2, 2), np.float32), np.ones(2, np.float32)]
     params, _ = strategy.aggregate_fit(
-        1, [(FakeProxy(1), fit_res(ones, 4, 0))], [RuntimeError("gone")]
+        1, [(FakeProxy(1), client_fit(ones, 4, 0))], [RuntimeError("gone")]
     )
     assert params is not None
     assert strategy.pop_round_record(1)["num_failures"] == 1
@@ -176,9 +163,9 @@ def test_personalized_fedavg_averages_shared_keeps_local():
     b = [np.full((2, 2), 3.0, np.float32), np.empty(0, np.float32)]
     leak = [np.full((2, 2), 9.0, np.float32), np.ones(2, np.float32)]
     results = [
-        (FakeProxy(1), fit_res(a, 1, 0)),
-        (FakeProxy(2), fit_res(b, 1, 1)),
-        (FakeProxy(3), fit_res(leak, 100, 2)),
+        (FakeProxy(1), client_fit(a, 1, 0)),
+        (FakeProxy(2), client_fit(b, 1, 1)),
+        (FakeProxy(3), client_fit(leak, 100, 2)),
     ]
     # Execute
     params, metrics = strategy.aggregate_fit(1, results, [])
@@ -236,6 +223,8 @@ def test_a_restored_strategy_prunes_with_the_mask_it_had():
     update = [np.full((2, 2), 9.0, np.float32), np.ones(2, np.float32)]
     restored.restore_checkpoint_state(update, state, arrays)
     assert restored.global_parameters[0].tolist() == [[9.0, 9.0], [9.0, 9.0]]
-    params, _ = restored.aggregate_fit(1, [(FakeProxy(1), fit_res(update, 1, 0))], [])
+    params, _ = restored.aggregate_fit(
+        1, [(FakeProxy(1), client_fit(update, 1, 0))], []
+    )
     # the mask kept the largest magnitudes of the initial kernel: 4 and 3
     assert parameters_to_ndarrays(params)[0].tolist() == [[9.0, 0.0], [9.0, 0.0]]

@@ -5,9 +5,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.core.config import ConfigError, DpSgdConfig, parse_run_config
 from fl_app.data import ArrayDataset
-from fl_app.ml.training import get_compiled_model, model_key, train_local
+from fl_app.ml.training import (
+    get_compiled_model,
+    model_key,
+    train_local,
+    train_local_dp,
+)
+from tests.by_hand import clipped_softmax_grads, softmax_grads
 from tests.inprocess import compose_flat
 
 SOFTMAX_SGD = {
@@ -18,15 +24,6 @@ SOFTMAX_SGD = {
     "client-learning-rate": 0.5,
     "client-batch-size": 8,
 }
-
-
-def softmax_grads(kernel, bias, x, y):
-    """Gradient of the mean cross-entropy of softmax(x @ kernel + bias), by hand."""
-    logits = x @ kernel + bias
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0  # dL/dlogits = p - onehot(y)
-    return x.T @ p / len(y), p.mean(axis=0)
 
 
 def test_fedprox_two_sgd_steps_equal_the_steps_worked_by_hand():
@@ -109,24 +106,39 @@ def test_fedprox_trains_the_global_copy_of_personalized_clients():
     assert distance < plain
 
 
-def test_fedprox_with_dp_sgd_adds_the_term_after_the_noise():
-    cfg = parse_run_config(
-        {
-            **SOFTMAX_SGD,
-            "dpsgd": "sgd",
-            "client-proximal-mu": 0.5,
-            "client-learning-rate": 0.1,
-        }
-    )
-    model = get_compiled_model(model_key(cfg, (3,), 2))
-    from fl_app.ml.training import train_local_dp
-
+def test_fedprox_with_dp_sgd_adds_the_term_to_the_clipped_gradient():
+    # Prepare: DP-SGD (per-example clipping, no noise) with mu = 0.8, lr 0.5, on
+    # 8 rows with batch 8: q = 1, so each of the 2 steps takes every row.
+    mu, lr, clip = 0.8, 0.5, 0.005
+    cfg = parse_run_config({**SOFTMAX_SGD, "client-proximal-mu": mu})
+    dp = DpSgdConfig("sgd", clip, 0.0, 0, 1e-5, 0.0)
+    model = get_compiled_model(replace(model_key(cfg, (3,), 2), dpsgd=dp))
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(32, 3)).astype(np.float32)
+    x = rng.normal(size=(8, 3)).astype(np.float32) * 3
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    w0 = [rng.normal(size=(3, 2)).astype(np.float32), np.array([0.1, -0.2], np.float32)]
+    model.set_weights(w0)
+    # Execute
     metrics = train_local_dp(
-        model, ArrayDataset(x, (x[:, 0] > 0).astype(int)), cfg.client, cfg.dpsgd, rng
+        model, ArrayDataset(x, y), replace(cfg.client, local_epochs=2), dp, rng
     )
-    assert metrics["proximal_distance"] > 0 and np.isfinite(metrics["train_loss"])
+    # Assert: step 1 starts at the global model (no proximal pull); step 2 adds
+    # mu * (w1 - w0) to the clipped mean, unclipped (the term comes after DP-SGD's
+    # clipping and noise, so it is not bounded by the clip).
+    g_k, g_b, norms = clipped_softmax_grads(*w0, x, y, clip)
+    assert norms.min() > 2 * clip  # every example is clipped: the clip matters
+    k1, b1 = w0[0] - lr * g_k, w0[1] - lr * g_b
+    g_k, g_b, _ = clipped_softmax_grads(k1, b1, x, y, clip)
+    k2 = k1 - lr * (g_k + mu * (k1 - w0[0]))
+    b2 = b1 - lr * (g_b + mu * (b1 - w0[1]))
+    kernel, bias = model.get_weights()
+    np.testing.assert_allclose(kernel, k2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, b2, rtol=1e-5, atol=1e-6)
+    # without the term, step 2 would have ended elsewhere: the term acted
+    k2_plain = k1 - lr * g_k
+    assert np.abs(k2_plain - k2).max() > 100 * 1e-6
+    distance = np.sqrt(((k2 - w0[0]) ** 2).sum() + ((b2 - w0[1]) ** 2).sum())
+    assert metrics["proximal_distance"] == pytest.approx(distance, rel=1e-4)
 
 
 def test_fedprox_config_from_hydra_and_refusals():

@@ -3,10 +3,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from flwr.common import (
-    Code,
-    FitRes,
     GetPropertiesRes,
-    Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
@@ -19,8 +16,8 @@ from strategies.hetero_slicing import (
     slice_weights,
     slice_window,
 )
+from tests.proxies import OK, FakeProxy, fit_res
 
-OK = Status(code=Code.OK, message="")
 H = AxisMap("h")
 # A 2-layer MLP: kernel1 (3 inputs, 4 hidden), bias1 (4,), kernel2 (4 hidden, 2 classes)
 LAYOUT = [(None, H), (H,), (H, None)]
@@ -113,8 +110,9 @@ def test_rolling_windows_cover_every_unit_over_rounds():
 
 
 @dataclass
-class FakeProxy:
-    node_id: int
+class CapacityProxy(FakeProxy):
+    """A node that reports its capacity when asked (and counts the asks)."""
+
     capacity: float
     asked: int = 0
 
@@ -123,7 +121,7 @@ class FakeProxy:
         return GetPropertiesRes(OK, {"capacity": self.capacity})
 
 
-class RoundProxy(FakeProxy):
+class RoundProxy(CapacityProxy):
     """A node whose capacity depends on the round it is asked about."""
 
     def get_properties(self, ins, timeout, group_id):
@@ -159,7 +157,7 @@ def make_strategy(rolling=False, dynamic=False):
 
 def test_strategy_sends_each_client_its_slice_and_scatters_back():
     strategy = make_strategy()
-    proxies = [FakeProxy(1, 1.0), FakeProxy(2, 0.5)]
+    proxies = [CapacityProxy(1, 1.0), CapacityProxy(2, 0.5)]
     instructions = strategy.configure_fit(
         1, ndarrays_to_parameters(mlp()), FakeManager(proxies)
     )
@@ -185,8 +183,8 @@ def test_strategy_sends_each_client_its_slice_and_scatters_back():
         np.ones((2, 2), np.float32),
     ]
     results = [
-        (proxies[0], FitRes(OK, ndarrays_to_parameters(full), 1, {"partition_id": 0})),
-        (proxies[1], FitRes(OK, ndarrays_to_parameters(half), 1, {"partition_id": 1})),
+        (proxies[0], fit_res(full, 1, {"partition_id": 0})),
+        (proxies[1], fit_res(half, 1, {"partition_id": 1})),
     ]
     params, metrics = strategy.aggregate_fit(1, results, [])
     _, bias, _ = parameters_to_ndarrays(params)
@@ -212,13 +210,13 @@ def test_strategy_asks_capacity_once_or_every_round(dynamic):
 
 def test_strategy_rejects_update_with_wrong_slice_shape():
     strategy = make_strategy()
-    proxies = [FakeProxy(1, 1.0), FakeProxy(2, 0.5)]
+    proxies = [CapacityProxy(1, 1.0), CapacityProxy(2, 0.5)]
     strategy.configure_fit(1, ndarrays_to_parameters(mlp()), FakeManager(proxies))
     wrong = mlp()  # full width from the half-width client
     ok = mlp()
     results = [
-        (proxies[0], FitRes(OK, ndarrays_to_parameters(ok), 1, {"partition_id": 0})),
-        (proxies[1], FitRes(OK, ndarrays_to_parameters(wrong), 9, {"partition_id": 1})),
+        (proxies[0], fit_res(ok, 1, {"partition_id": 0})),
+        (proxies[1], fit_res(wrong, 9, {"partition_id": 1})),
     ]
     _, metrics = strategy.aggregate_fit(1, results, [])
     assert metrics["num_rejected"] == 1
@@ -230,7 +228,7 @@ def test_strategy_unknown_capacity_is_clear():
         strategy.configure_fit(
             1,
             ndarrays_to_parameters(mlp()),
-            FakeManager([FakeProxy(1, 0.3), FakeProxy(2, 1.0)]),
+            FakeManager([CapacityProxy(1, 0.3), CapacityProxy(2, 1.0)]),
         )
 
 
@@ -245,7 +243,7 @@ def test_strategy_without_full_width_clients():
         evaluate_clients_per_round=0,
         initial_parameters=ndarrays_to_parameters(mlp()),
     )
-    proxy = FakeProxy(1, 0.5)
+    proxy = CapacityProxy(1, 0.5)
     (ins,) = [
         i
         for _, i in strategy.configure_fit(
@@ -253,9 +251,7 @@ def test_strategy_without_full_width_clients():
         )
     ]
     sub = parameters_to_ndarrays(ins.parameters)
-    res = FitRes(
-        OK, ndarrays_to_parameters([a + 1 for a in sub]), 2, {"partition_id": 0}
-    )
+    res = fit_res([a + 1 for a in sub], 2, {"partition_id": 0})
     params, _ = strategy.aggregate_fit(1, [(proxy, res)], [])
     _, bias, _ = parameters_to_ndarrays(params)
     np.testing.assert_array_equal(bias, [11, 12, 12, 13])

@@ -148,18 +148,32 @@ def test_fedper_head_never_leaves_and_body_trains():
     assert "alpha" not in metrics
 
 
-def test_evaluate_reports_global_and_personalized():
-    run = cfg(**{"strategy-mode": "fixed", "strategy-alpha": 1.0})
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+def test_evaluate_reports_global_and_personalized(alpha):
+    from fl_app.ml.training import evaluate_model
+
+    # Prepare: one round of training leaves a local model in the node state.
+    run = cfg(**{"strategy-mode": "fixed", "strategy-alpha": alpha})
     state = RecordDict()
     client = KerasClient(run, 0, state)
     weights = client.get_parameters({})
     client.fit(weights, {"server_round": 1})
+    local, _ = PersonalState(state).load()
+    # Execute
     loss, n, metrics = client.evaluate(weights, {})
-    assert n == len(client.data.val)
-    # alpha = 1: the personalized model is the local model exactly
+    # Assert: the global model is the weights sent; the personalized one is
+    # alpha * local + (1 - alpha) * global (alpha 1: the local model exactly), both
+    # on the validation rows.
     model = get_compiled_model(client.key)
-    model.set_weights(PersonalState(state).load()[0])
-    from fl_app.ml.training import evaluate_model
-
-    assert metrics["personalized_accuracy"] == evaluate_model(model, client.data.val)[1]
-    assert 0 <= metrics["accuracy"] <= 1 and loss > 0
+    model.set_weights(weights)
+    assert n == len(client.data.val)
+    assert (loss, metrics["accuracy"]) == evaluate_model(model, client.data.val)
+    model.set_weights(blend(local, weights, [alpha] * len(weights)))
+    assert (
+        metrics["personalized_loss"],
+        metrics["personalized_accuracy"],
+    ) == evaluate_model(model, client.data.val)
+    assert metrics["alpha"] == pytest.approx(alpha)
+    # the personal model learned the client's data: it beats the untrained global
+    # model on the client's own validation rows
+    assert metrics["personalized_loss"] < 0.9 * loss

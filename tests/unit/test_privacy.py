@@ -16,6 +16,7 @@ from fl_app.ml.training import (
     model_key,
     train_local_dp,
 )
+from tests.by_hand import clipped_softmax_grads, softmax_grads
 
 
 def test_accountant_matches_tf_privacy_mnist_tutorial_setting():
@@ -66,17 +67,30 @@ def dp_model(noise, clip=0.01, optimizer="sgd", lr=1.0):
 
 
 def test_per_example_gradients_are_clipped():
+    # Prepare: SGD at lr 1, no noise, clip 0.01; 16 examples whose gradients all
+    # exceed the clip and point different ways.
     model, _, _ = dp_model(noise=0.0, clip=0.01, lr=1.0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8, 8, 1)).astype(np.float32) * 5
     y = rng.integers(0, 10, 16)
-    before = model.get_weights()
+    kernel, bias = model.get_weights()
+    flat = x.reshape(16, 64)
+    # Execute
     model.train_on_batch(x, y)
-    step = np.sqrt(
-        sum(np.sum((a - b) ** 2) for a, b in zip(model.get_weights(), before))
-    )
-    # SGD, lr 1: the step is the mean of per-example gradients clipped to 0.01
-    assert 0 < step <= 0.01 + 1e-6
+    # Assert: the step is the mean of the per-example gradients, each clipped to
+    # 0.01 first (by hand) ...
+    g_k, g_b, norms = clipped_softmax_grads(kernel, bias, flat, y, 0.01)
+    assert norms.min() > 0.01
+    new_kernel, new_bias = model.get_weights()
+    np.testing.assert_allclose(new_kernel, kernel - g_k, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(new_bias, bias - g_b, rtol=1e-5, atol=1e-7)
+    # ... which is shorter than the clip: the clipped gradients point different
+    # ways. Clipping the batch's mean gradient instead would step exactly 0.01
+    # (its norm exceeds the clip), and in the mean gradient's direction.
+    step = np.sqrt(((new_kernel - kernel) ** 2).sum() + ((new_bias - bias) ** 2).sum())
+    assert step < 0.9 * 0.01
+    m_k, m_b = softmax_grads(kernel, bias, flat, y)
+    assert np.sqrt((m_k**2).sum() + (m_b**2).sum()) > 0.01
 
 
 def test_noise_is_added_and_differs_between_runs():

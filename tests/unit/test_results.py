@@ -140,38 +140,76 @@ def test_a_deadline_grid_drops_late_replies_and_counts_them():
     assert grid.get_node_ids() == [1, 2, 3]  # everything else is the grid's
 
 
+class RegisteringState:
+    """A SuperLink state whose nodes register as they are counted.
+
+    The i-th query sees ``counts[i]`` nodes (the last count from then on).
+    """
+
+    def __init__(self, counts):
+        self.counts = counts
+        self.calls = 0
+
+    def get_run_info(self, run_ids):
+        return [object() for _ in run_ids]
+
+    def get_nodes(self, run_id):
+        self.calls += 1
+        return set(range(self.counts[min(self.calls, len(self.counts)) - 1]))
+
+
 @pytest.mark.parametrize(
-    ("counts", "error"),
+    ("counts", "calls", "error"),
     [
-        ([3, 6, 6, 10], None),  # Flower's simulation still registering its nodes
-        ([5], "is 10 but 5 SuperNode"),  # too few, and the count stopped changing
-        ([12], "is 10 but 12 SuperNode"),  # too many: other partitions; at once
+        ([3, 6, 6, 10], 4, None),  # Flower's simulation still registering its nodes
+        ([5], None, r"is 10 but 5 SuperNode\(s\) connected;"),  # too few, settled
+        ([12], 1, r"is 10 but 12 SuperNode\(s\) connected;"),  # too many: at once
     ],
+    ids=["registering", "too-few", "too-many"],
 )
 def test_a_simulation_waits_for_its_nodes_while_they_register(
-    monkeypatch, counts, error
+    monkeypatch, counts, calls, error
 ):
-    import flwr.superlink.grid.inmemory_grid as inmemory
+    # Prepare: Flower's own simulation grid over a state whose nodes register.
+    from types import SimpleNamespace
 
-    from fl_app.server import grids as server_app
+    from flwr.supercore.run import Run
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    class Registering:
-        def __init__(self):
-            self.calls = 0
+    from fl_app.server import grids
 
-        def get_node_ids(self):
-            self.calls += 1
-            return list(range(counts[min(self.calls, len(counts)) - 1]))
-
-    monkeypatch.setattr(inmemory, "InMemoryGrid", Registering)
-    monkeypatch.setattr(server_app, "SIMULATION_SETTLE_S", 0.3)
-    grid = Registering()
+    monkeypatch.setattr(grids, "SIMULATION_SETTLE_S", 0.3)
+    state = RegisteringState(counts)
+    grid = InMemoryGrid(SimpleNamespace(state=lambda: state))
+    grid.set_run(Run.create_empty(1))
+    # Execute / Assert: the wait ends once the count is right; a wrong count that
+    # stopped changing, or one too large, fails without waiting for the timeout
+    # (a simulation's message names no timeout)
     if error is None:
-        server_app.wait_for_nodes(grid, 10)
-        assert grid.calls == 4
+        grids.wait_for_nodes(grid, 10, timeout_s=5)
     else:
         with pytest.raises(RuntimeError, match=error):
-            server_app.wait_for_nodes(grid, 10)
+            grids.wait_for_nodes(grid, 10, timeout_s=5)
+    if calls is not None:
+        assert state.calls == calls
+
+
+def test_a_deployment_takes_more_nodes_and_waits_for_too_few_until_the_timeout():
+    # A deployment's grid (not Flower's simulation grid): extra SuperNodes are fine
+    class Deployment:
+        def __init__(self, count):
+            self.count = count
+
+        def get_node_ids(self):
+            return list(range(self.count))
+
+    from fl_app.server import grids
+
+    grids.wait_for_nodes(Deployment(12), 10, timeout_s=0)
+    with pytest.raises(
+        RuntimeError, match=r"is 10 but 5 SuperNode\(s\) connected within 0s;"
+    ):
+        grids.wait_for_nodes(Deployment(5), 10, timeout_s=0)
 
 
 def test_partition_ids_are_asked_in_batches_and_every_node_is_mapped():

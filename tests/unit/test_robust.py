@@ -1,22 +1,15 @@
 """Update defences, robust rules and attacks, by hand on small arrays."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
-from flwr.common import (
-    Code,
-    FitRes,
-    Status,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-)
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
 from fl_app.core.config import ConfigError, parse_run_config
 from strategies.attacks import Attack, AttackStage, alie_z
 from strategies.defences import Defence, DefenceStage, defend, delta_norm
 from strategies.fedavg import FedAvg
 from strategies.robust import robust_aggregate
+from tests.proxies import FakeProxy, fit_res
 
 
 def model(*values):
@@ -124,11 +117,6 @@ def test_attacks_by_hand():
     assert alie_z(10, 2) == pytest.approx(0.2533, abs=1e-4)
 
 
-@dataclass
-class Proxy:
-    node_id: int
-
-
 def test_fedavg_puts_the_attack_in_then_clips_it_and_records_both():
     strategy = FedAvg(
         num_clients=3,
@@ -140,13 +128,10 @@ def test_fedavg_puts_the_attack_in_then_clips_it_and_records_both():
             DefenceStage(Defence(norm_bound=2.0)),
         ],
     )
-    ok = Status(code=Code.OK, message="")
     results = [
         (
-            Proxy(10 + pid),
-            FitRes(
-                ok, ndarrays_to_parameters(model(1, 0, 0)), 4, {"partition_id": pid}
-            ),
+            FakeProxy(10 + pid),
+            fit_res(model(1, 0, 0), 4, {"partition_id": pid}),
         )
         for pid in range(3)
     ]

@@ -1,5 +1,7 @@
 """Split training's numerical core (split.model) and the edge's message handlers."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -229,22 +231,43 @@ def test_split_server_rejects_malformed_chunks_and_client_parts():
             }
         )
 
-    ok = server._check_chunk(chunk([good], [np.arange(4)]))
-    assert not isinstance(ok, str)
-    bad = {
-        "without labels": RecordDict({"acts": ArrayRecord(numpy_ndarrays=[good])}),
-        "shape": chunk([np.zeros((4, 8, 8, 16), np.float32)], [np.arange(4)]),
-        "NaN": chunk([np.full((4, 8, 8, 32), np.nan, np.float32)], [np.arange(4)]),
-        "float64": chunk([good.astype(np.float64)], [np.arange(4)]),
-        "float labels": chunk([good], [np.arange(4.0)]),
-        "class 10": chunk([good], [np.array([0, 1, 2, 10])]),
-        "count": chunk([good], [np.arange(3)]),
-        "empty": chunk([good[:0]], [np.arange(0)]),
-    }
-    for name, content in bad.items():
-        assert isinstance(server._check_chunk(content), str), name
-    # returned client parts: wrong shapes, NaN, no example count are rejected
-    server.partitions = {7: 0, 8: 1, 9: 2}
+    # a well-formed chunk comes back as its arrays, untouched
+    acts, labels = server._check_chunk(chunk([good, good + 1], [np.arange(4)] * 2))
+    assert [a.tobytes() for a in acts] == [good.tobytes(), (good + 1).tobytes()]
+    assert [y.tolist() for y in labels] == [[0, 1, 2, 3]] * 2
+    # local loss: one label array serves each epoch's activations
+    acts, labels = server._check_chunk(
+        chunk([good, good], [np.arange(4)]), shared_labels=True
+    )
+    assert len(acts) == len(labels) == 2 and labels[1].tolist() == [0, 1, 2, 3]
+    # each malformed chunk is refused for its own reason
+    nan = np.full((4, 8, 8, 32), np.nan, np.float32)
+    bad = [
+        (RecordDict({"acts": ArrayRecord(numpy_ndarrays=[good])}), "without labels"),
+        (chunk([], []), "0 activation and 0 label arrays"),
+        (chunk([good, good], [np.arange(4)]), "2 activation and 1 label arrays"),
+        (
+            chunk([np.zeros((4, 8, 8, 16), np.float32)], [np.arange(4)]),
+            r"shape \(4, 8, 8, 16\) for 4 labels, expected \(n, 8, 8, 32\)",
+        ),
+        (chunk([nan], [np.arange(4)]), "activations that are not finite float32"),
+        (chunk([good.astype(np.float64)], [np.arange(4)]), "not finite float32"),
+        (
+            chunk([good], [np.arange(4.0)]),
+            r"labels of shape \(4,\) and dtype float64, expected \(n,\) ints",
+        ),
+        (chunk([good], [np.array([0, 1, 2, 10])]), "labels outside the dataset's"),
+        (chunk([good], [np.arange(3)]), r"shape \(4, 8, 8, 32\) for 3 labels"),
+        (chunk([good[:0]], [np.arange(0)]), r"shape \(0, 8, 8, 32\) for 0 labels"),
+    ]
+    for content, reason in bad:
+        assert re.search(reason, server._check_chunk(content)), reason
+    two_label_arrays = chunk([good], [np.arange(4)] * 2)
+    refused = server._check_chunk(two_label_arrays, shared_labels=True)
+    assert refused == "2 label arrays, expected 1"
+    # returned client parts: only the well-formed one with examples is accepted, as
+    # sent; each other is refused for its own reason
+    server.partitions = {7: 0, 8: 1, 9: 2, 10: 3, 11: 4}
     part = server.client_weights
 
     def reply(weights, examples):
@@ -253,17 +276,27 @@ def test_split_server_rejects_malformed_chunks_and_client_parts():
             records["result"] = ConfigRecord({"num_examples": examples})
         return RecordDict(records)
 
+    narrow = [np.zeros((3, 3, 1, 16), np.float32), np.zeros(16, np.float32)]
     tally = RoundTally()
     accepted = server._accept(
         {
-            7: reply(part, 10),
-            8: reply([np.full_like(w, np.nan) for w in part], 10),
+            11: reply(part, 0),
+            10: reply(narrow, 10),
             9: reply(part, None),
+            8: reply([np.full_like(w, np.nan) for w in part], 10),
+            7: reply(part, 10),
         },
         tally,
     )
-    assert [node for node, _, _ in accepted] == [7]
-    assert "NaN" in tally.rejected[8] and "example count" in tally.rejected[9]
+    ((node_id, weights, examples),) = accepted
+    assert node_id == 7 and examples == 10
+    assert [w.tobytes() for w in weights] == [w.tobytes() for w in part]
+    assert tally.rejected == {
+        8: "layer 0 contains NaN or Inf",
+        9: "a reply without its client part or example count",
+        10: "layer 0 has shape (3, 3, 1, 16), expected (3, 3, 1, 32)",
+        11: "0 examples",
+    }
 
 
 def test_split_node_names_a_malformed_cut_gradient():

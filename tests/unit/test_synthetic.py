@@ -159,11 +159,26 @@ def test_balancing_adds_generated_training_rows_and_never_touches_validation():
     assert fit_metrics["num_synthetic"] == added
 
 
-def test_without_a_final_generator_a_client_trains_on_its_real_rows():
+def test_without_a_final_generator_a_client_trains_on_its_real_rows(caplog):
+    # Prepare: a node that never got the final generator, and the same partition's
+    # client in a run without synthetic data.
     ctx = context({})
     cfg = parse_run_config(ctx.run_config)
     client = KerasClient(cfg, 1, ctx.state)
-    assert client.num_synthetic == 0 and client.num_real == len(client.data.train)
+    plain = KerasClient(parse_run_config({**TINY, "synthetic": "none"}), 1)
+    weights = client.get_parameters({})
+    # Execute
+    trained, examples, metrics = client.fit(weights, {"server_round": 1})
+    expected, plain_examples, _ = plain.fit(weights, {"server_round": 1})
+    # Assert: its training rows are its real rows, and it trains exactly as a client
+    # without synthetic data does (bit for bit), weighted by them
+    assert client.num_synthetic == 0 and metrics["num_synthetic"] == 0
+    np.testing.assert_array_equal(client.data.train.x, plain.data.train.x)
+    np.testing.assert_array_equal(client.data.train.y, plain.data.train.y)
+    assert examples == plain_examples == len(plain.data.train) == metrics["num_real"]
+    for a, b in zip(trained, expected, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert "has no final generator in its node state" in caplog.text
 
 
 def test_a_gan_message_to_a_run_without_synthetic_data_fails_clearly():
@@ -193,8 +208,43 @@ def test_config_refuses_what_the_gan_phase_cannot_combine_with(extra, match):
 
 
 def test_dp_sgd_combines_with_a_dp_discriminator():
-    cfg = parse_run_config({**TINY, "dpsgd": "sgd", "synthetic-dp": True})
-    assert cfg.synthetic.dp and cfg.dpsgd is not None
+    # Prepare: DP on the GAN (sigma 1.5) and DP-SGD on the classifier (sigma 1.1),
+    # both accounted in the same node state.
+    ctx = context(
+        {
+            "model": "softmax",
+            "dpsgd": "sgd",
+            "dpsgd-noise-multiplier": 1.1,
+            "synthetic-dp": True,
+            "synthetic-dp-noise-multiplier": 1.5,
+        }
+    )
+    cfg = parse_run_config(ctx.run_config)
+    node = SyntheticNode(cfg, ctx)
+    n_real = len(node.data.train)
+    # Execute: a GAN round (2 DP steps), the final generator, then a classifier fit
+    gan = node.train(gan_message(node, 1)).config_records["result"]["epsilon"]
+    generator, _ = node_networks(node)
+    node.fill(RecordDict({"generator": ArrayRecord(numpy_ndarrays=generator)}))
+    client = KerasClient(cfg, 0, ctx.state)
+    _, examples, metrics = client.fit(client.get_parameters({}), {"server_round": 1})
+    # Assert: the classifier trained with DP-SGD on real and generated rows, its
+    # steps (epochs / q, q = batch / all its rows) and epsilon accounted apart from
+    # the GAN's, which stay as the GAN phase left them (reported separately).
+    from fl_app.client.keras_client import STATE_PRIVACY as CLASSIFIER_PRIVACY
+    from fl_app.features.privacy.dpsgd import dp_sgd_steps, epsilon
+
+    rows = len(client.data.train)
+    assert client.num_synthetic > 0 and rows == n_real + client.num_synthetic
+    assert examples == n_real
+    steps = dp_sgd_steps(rows, cfg.client.batch_size, cfg.client.local_epochs)
+    records = ctx.state.config_records
+    assert int(records[CLASSIFIER_PRIVACY]["steps"]) == steps
+    assert int(records[STATE_PRIVACY]["steps"]) == 2
+    q = cfg.client.batch_size / rows
+    assert metrics["epsilon"] == pytest.approx(epsilon(steps, q, 1.1, 1e-5))
+    assert gan == pytest.approx(gan_epsilon(cfg.synthetic, 2, n_real))
+    assert gan == pytest.approx(epsilon(2, 16 / n_real, 1.5, 1e-5))
 
 
 class RecordingGrid(InProcessGrid):

@@ -1,13 +1,8 @@
 """Server side of compression: magnitude masks, the pruner, deltas through FedAvg."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 from flwr.common import (
-    Code,
-    FitRes,
-    Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
@@ -16,13 +11,7 @@ from fl_app.features.compression.codecs import Codec
 from strategies.aggregation import magnitude_mask
 from strategies.fedavg import FedAvg, parameters_size
 from strategies.transport import ServerPruner, Transport
-
-OK = Status(code=Code.OK, message="")
-
-
-@dataclass
-class FakeProxy:
-    node_id: int
+from tests.proxies import FakeProxy, fit_res
 
 
 def test_magnitude_mask_by_hand():
@@ -78,8 +67,8 @@ def test_fedavg_adds_decoded_deltas_to_the_model_sent():
     d1[0][0, 0] = 4.0
     d2 = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
     results = [
-        (FakeProxy(1), FitRes(OK, ndarrays_to_parameters(codec.encode(d1)), 1, {})),
-        (FakeProxy(2), FitRes(OK, ndarrays_to_parameters(codec.encode(d2)), 3, {})),
+        (FakeProxy(1), fit_res(codec.encode(d1), 1)),
+        (FakeProxy(2), fit_res(codec.encode(d2), 3)),
     ]
     params, _ = strategy.aggregate_fit(1, results, [])
     kernel, bias = parameters_to_ndarrays(params)
@@ -97,8 +86,8 @@ def test_fedavg_rejects_undecodable_payload_and_keeps_global():
     bad = list(good)
     bad[2] = np.array([np.nan], np.float32)  # the kernel's int8 scale
     results = [
-        (FakeProxy(1), FitRes(OK, ndarrays_to_parameters(bad), 5, {})),
-        (FakeProxy(2), FitRes(OK, ndarrays_to_parameters(good[:2]), 5, {})),
+        (FakeProxy(1), fit_res(bad, 5)),
+        (FakeProxy(2), fit_res(good[:2], 5)),
     ]
     params, metrics = strategy.aggregate_fit(1, results, [])
     assert params is None and metrics["num_rejected"] == 2
@@ -120,7 +109,7 @@ def test_fedavg_prunes_initial_and_aggregated_model_and_sends_sparse():
     # a client that moved a pruned entry: the server's mask zeroes it again
     update = [kernel.copy(), np.ones(3, np.float32)]
     update[0][0, 0] = 7.0
-    results = [(FakeProxy(1), FitRes(OK, ndarrays_to_parameters(update), 1, {}))]
+    results = [(FakeProxy(1), fit_res(update, 1))]
     params, _ = strategy.aggregate_fit(1, results, [])
     np.testing.assert_array_equal(parameters_to_ndarrays(params)[0], kernel)
     assert strategy.pop_round_record(1)["sparsity"] == 0.5
