@@ -175,10 +175,11 @@ def register_client_technique(cls: type[ClientTechnique]) -> type[ClientTechniqu
                 "class attributes name, prefix and Config (ClientTechnique's docstring)"
             )
     if cls.name in CLIENT_TECHNIQUES:
+        known = CLIENT_TECHNIQUES[cls.name]
         raise ValueError(
-            f"client technique {cls.name!r} is registered already (by "
-            f"{CLIENT_TECHNIQUES[cls.name].__module__}); give {cls.__qualname__} "
-            "another name"
+            f"two client techniques are named {cls.name!r}: "
+            f"{known.__module__}.{known.__qualname__} and "
+            f"{cls.__module__}.{cls.__qualname__}; give the new one another name"
         )
     register_section(
         cls.name,

@@ -50,9 +50,9 @@ def register_strategy(spec: StrategySpec, build: StrategyBuilder) -> None:
     """
     if spec.name in STRATEGY_BUILDERS:
         raise RegistrationError(
-            f"strategy {spec.name!r} already has a builder "
-            f"({_name_of(STRATEGY_BUILDERS[spec.name])}); {_name_of(build)} would "
-            "replace it: give the new strategy another name"
+            f"two builders for strategy {spec.name!r}: "
+            f"{_name_of(STRATEGY_BUILDERS[spec.name])} and {_name_of(build)}; give "
+            "the new strategy another name"
         )
     register_strategy_spec(spec)
     STRATEGY_BUILDERS[spec.name] = build
@@ -85,8 +85,8 @@ def register_workflow(name: str, workflow: RoundWorkflow) -> None:
     """Make ``name`` a workflow that ``StrategySpec.workflow`` can name."""
     if name in WORKFLOWS:
         raise RegistrationError(
-            f"workflow {name!r} is already registered ({_name_of(WORKFLOWS[name])}); "
-            "give the new one another name"
+            f"two workflows named {name!r}: {_name_of(WORKFLOWS[name])} and "
+            f"{_name_of(workflow)}; give the new one another name"
         )
     WORKFLOWS[name] = workflow
 

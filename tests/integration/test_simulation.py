@@ -221,3 +221,59 @@ def test_failed_flower_run_exits_nonzero_with_flowers_error(
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "DatasetUnavailableError" in output and "finished:failed" in output
+
+
+def test_flwr_run_resume_alone_finishes_the_checkpointed_run(
+    tmp_path, no_leftover_processes
+):
+    # A Flower CLI user: a 3-round run stopped (flwr stop) after round 1's
+    # checkpoint, then `flwr run --run-config "resume='DIR'"` with the keys the
+    # run was started with but num-rounds: it ends at round 3, not at
+    # [tool.flwr.app.config]'s 20 (the ServerApp reads which keys were submitted
+    # from the run's override_config).
+    import re
+    import time
+
+    out = tmp_path / "run"
+    given = (
+        "num-clients=2 clients-per-round=2 evaluate-clients-per-round=0 "
+        "model='softmax' save-model=false"
+    )
+    federation = ["--federation-config", "num-supernodes=2 client-resources-num-cpus=1"]
+    with LocalSuperLink() as link:
+        started = link.cli(
+            "run",
+            str(ROOT),
+            "fl-dnn",
+            "--run-config",
+            f"{given} num-rounds=3 output-dir='{out}'",
+            *federation,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = re.search(r"Successfully started run (\d+)", started.stdout).group(1)
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "round-00001.npz").exists():
+            assert time.monotonic() < deadline, "no checkpoint after round 1"
+            time.sleep(0.1)
+        link.cli("stop", run_id)
+        deadline = time.monotonic() + 60
+        while (
+            '"running"' in link.cli("ls", "--run-id", run_id, "--format", "json").stdout
+        ):
+            assert time.monotonic() < deadline, "the stopped run is still running"
+            time.sleep(0.5)
+        resumed = link.cli(
+            "run",
+            str(ROOT),
+            "fl-dnn",
+            "--run-config",
+            f"{given} resume='{out}'",
+            *federation,
+            "--stream",
+            timeout=600,
+        )
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["run_config"]["num-rounds"] == 3
+    assert summary["resumed_from"] and summary["resumed_from"][-1] in (1, 2)
+    assert [r["round"] for r in read_rows(out)] == [1, 2, 3]

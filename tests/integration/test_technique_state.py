@@ -98,7 +98,7 @@ def test_a_technique_keeps_each_clients_state_across_rounds_and_a_resume(
 
 
 def test_registering_a_technique_twice_or_half_declared_is_refused(counting):
-    with pytest.raises(ValueError, match="'counting' is registered already"):
+    with pytest.raises(ValueError, match="two client techniques are named 'counting'"):
         register_client_technique(Counting)
 
     class Nameless(ClientTechnique):

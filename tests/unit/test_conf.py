@@ -106,7 +106,11 @@ def test_every_option_and_preset_is_a_run_config_the_schema_accepts(every_option
 def test_every_run_config_key_is_in_some_option(every_option):
     covered = set().union(*every_option.values())
     missing = set(default_run_config()) - covered - {"output-dir"}
-    assert not missing
+    assert not missing, (
+        f"setting(s) {sorted(missing)} are declared but no conf/ option file writes "
+        "them, so Hydra cannot set them (`Key ... is not in struct`): add each to its "
+        "group's base or option file (docs/extending.md)"
+    )
 
 
 def written(path: Path) -> dict[str, Any]:

@@ -21,7 +21,25 @@ def pyproject_run_config():
 
 
 def test_config_defaults_equal_pyproject():
-    assert pyproject_run_config() == default_run_config()
+    assert pyproject_run_config() == default_run_config(), (
+        "pyproject.toml's [tool.flwr.app.config] differs from the schema's defaults: "
+        "run `uv run python scripts/write_app_config.py`"
+    )
+
+
+def test_every_strategy_the_config_accepts_has_a_server_side_builder():
+    # a spec registered in a feature's __init__.py whose server.py never calls
+    # register_strategy would fail only once a run's ServerApp started
+    from fl_app import features
+    from fl_app.core.config import STRATEGY_SPECS
+    from fl_app.server.registry import STRATEGY_BUILDERS
+
+    features.load("server")
+    missing = sorted(set(STRATEGY_SPECS) - set(STRATEGY_BUILDERS))
+    assert not missing, (
+        f"strategy spec(s) {missing} have no builder: call "
+        "fl_app.server.registry.register_strategy in the feature's server.py"
+    )
 
 
 def test_pyproject_app_config_is_written_from_the_schema():
