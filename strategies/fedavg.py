@@ -295,14 +295,30 @@ class FedAvg(FlowerFedAvg):
         """Sample clients, send each its (encoded) model and count the bytes sent."""
         self._global = parameters_to_ndarrays(parameters)
         parameters = self._encode_download(parameters, self._global)
-        instructions = []
-        for proxy, ins in super().configure_fit(
+        sampled = super().configure_fit(
             server_round, parameters, self.by_partition(client_manager, server_round, 0)
-        ):
+        )
+        return self._instruct(server_round, parameters, sampled, FitIns, "_fit_sent")
+
+    def _instruct(
+        self,
+        server_round: int,
+        parameters: Parameters,
+        sampled: list[tuple[ClientProxy, Any]],
+        kind: type,
+        sent_at: str,
+    ) -> list[tuple[ClientProxy, Any]]:
+        """Give each sampled client its own parameters and config; count the bytes.
+
+        ``kind``: ``FitIns`` or ``EvaluateIns``; ``sent_at``: the round record's key
+        for when the instructions left (the phase's time is measured from it).
+        """
+        instructions = []
+        for proxy, ins in sampled:
             sent, extra = self.client_parameters(server_round, parameters, proxy)
-            instructions.append((proxy, FitIns(sent, {**ins.config, **extra})))
+            instructions.append((proxy, kind(sent, {**ins.config, **extra})))
         self._count_download(server_round, instructions)
-        self._record(server_round)["_fit_sent"] = time.perf_counter()
+        self._record(server_round)[sent_at] = time.perf_counter()
         return instructions
 
     def _encode_download(
@@ -523,15 +539,12 @@ class FedAvg(FlowerFedAvg):
         if self.evaluate_clients_per_round == 0:
             return []
         parameters = self._encode_download(parameters)
-        instructions = []
-        for proxy, ins in super().configure_evaluate(
+        sampled = super().configure_evaluate(
             server_round, parameters, self.by_partition(client_manager, server_round, 1)
-        ):
-            sent, extra = self.client_parameters(server_round, parameters, proxy)
-            instructions.append((proxy, EvaluateIns(sent, {**ins.config, **extra})))
-        self._count_download(server_round, instructions)
-        self._record(server_round)["_evaluate_sent"] = time.perf_counter()
-        return instructions
+        )
+        return self._instruct(
+            server_round, parameters, sampled, EvaluateIns, "_evaluate_sent"
+        )
 
     def aggregate_evaluate(
         self,

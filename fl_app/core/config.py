@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -516,6 +516,13 @@ class CompressionConfig:
             _require_dense(run)
 
 
+def refuse_first(refusals: Sequence[tuple[bool, str, Any, str]]) -> None:
+    """Raise for the first ``(refused, key, value, allowed)`` whose test is true."""
+    for refused, key, value, allowed in refusals:
+        if refused:
+            raise fail(key, value, allowed)
+
+
 def _require_mean(run: RunConfig, key: str, value: Any, why: str) -> None:
     """Refuse ``key`` for a strategy that does not declare a mean aggregate."""
     spec = _spec(run)
@@ -747,9 +754,7 @@ class SplitConfig:
             ),
             (run.client.label_mask, "client-label-mask", True, f"false {why}"),
         )
-        for refused, key, value, allowed in refusals:
-            if refused:
-                raise fail(key, value, allowed)
+        refuse_first(refusals)
         from fl_app.core.techniques import active_techniques
 
         techniques = active_techniques(run.extras)
@@ -861,9 +866,7 @@ class SyntheticConfig:
                 "discriminator is trained with DP-SGD too",
             ),
         )
-        for refused, key, value, allowed in refusals:
-            if refused:
-                raise fail(key, value, allowed)
+        refuse_first(refusals)
 
 
 @dataclass(frozen=True)
@@ -889,20 +892,25 @@ class CheckpointConfig:
         """Refuse a resume the checkpoints cannot serve."""
         if not self.resume:
             return
-        refusals = (
-            (run.split is not None, "split training has its own message flow"),
+        cannot = "so a run with it cannot be resumed"
+        refuse_first(
             (
-                run.synthetic is not None,
-                "the GAN phase before the rounds is not checkpointed",
-            ),
-        )
-        for refused, why in refusals:
-            if refused:
-                raise fail(
+                (
+                    run.split is not None,
                     "resume",
                     self.resume,
-                    f"'' (no resume): {why}, so a run with it cannot be resumed",
-                )
+                    f"'' (no resume): split training has its own message flow, "
+                    f"{cannot}",
+                ),
+                (
+                    run.synthetic is not None,
+                    "resume",
+                    self.resume,
+                    f"'' (no resume): the GAN phase before the rounds is not "
+                    f"checkpointed, {cannot}",
+                ),
+            )
+        )
         if (
             run.output_dir
             and Path(run.output_dir).expanduser().resolve()

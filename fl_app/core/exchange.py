@@ -68,6 +68,28 @@ class RoundTally:
     # time.monotonic() by which the round's exchanges must be answered (None: wait)
     deadline: float | None = None
 
+    @classmethod
+    def for_round(
+        cls, round_timeout: float, kinds: Mapping[str, str] | None = None
+    ) -> RoundTally:
+        """Return a tally whose exchanges must be answered in ``round_timeout`` s.
+
+        ``round_timeout`` 0 waits for every reply.
+        """
+        deadline = time.monotonic() + round_timeout if round_timeout else None
+        return cls(kinds=dict(kinds or {}), deadline=deadline)
+
+    def check_not_all_failed(self, what: str, sampled: int) -> None:
+        """Fail the run when every one of the ``sampled`` clients failed.
+
+        Nothing can be aggregated then, and the first client's error is the reason.
+        """
+        if sampled and len(self.failures) == sampled:
+            raise RuntimeError(
+                f"{what}: every sampled client failed: "
+                f"{next(iter(self.failures.values()))}"
+            )
+
     def count(self, node: int, content: RecordDict, direction: str) -> None:
         """Account one message's arrays (``direction``: ``up`` or ``down``)."""
         for name, size in record_bytes(content).items():
@@ -212,3 +234,41 @@ def require_feature(config: Any, key: str, message_type: str) -> None:
 def info_reply(partition_id: int, **counts: int) -> RecordDict:
     """Return the reply to ``query.node_info``: partition id and row counts."""
     return RecordDict({"info": ConfigRecord({"partition_id": partition_id, **counts})})
+
+
+def accept_replies(
+    replies: Mapping[int, RecordDict],
+    order: Iterable[int],
+    read: Callable[[RecordDict], tuple[Any, int]],
+    check: Callable[[Any], str | None],
+    tally: RoundTally,
+    what: str,
+    malformed: str,
+) -> list[tuple[int, Any, int]]:
+    """Return ``(node, payload, examples)`` for every reply that is whole and sound.
+
+    ``read(content) -> (payload, examples)`` parses a reply (a ``KeyError``,
+    ``TypeError`` or ``ValueError`` marks it malformed); ``check(payload)`` says why a
+    parsed payload cannot be used (None: it can); a reply with no examples is
+    refused too. Refused replies are recorded in ``tally.rejected`` with the reason
+    (``malformed`` for one that does not parse) and logged under ``what`` (e.g.
+    ``"split"``). ``order``: the nodes in the order to aggregate them (by partition
+    id).
+    """
+    accepted = []
+    for node in order:
+        try:
+            payload, examples = read(replies[node])
+        except (KeyError, TypeError, ValueError) as err:
+            reason = malformed
+            log.debug("%s: node %s's reply: %r", what, node, err)
+        else:
+            reason = check(payload)
+            if reason is None and examples <= 0:
+                reason = f"{examples} examples"
+        if reason is not None:
+            tally.rejected[node] = reason
+            log.warning("%s: rejected node %s's reply: %s", what, node, reason)
+            continue
+        accepted.append((node, payload, examples))
+    return accepted

@@ -28,13 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_app.deploy.launcher import (
-    FlowerRunError,
-    LocalSuperLink,
-    _free_port,
-    _stop_group,
-    _tool,
-)
+from fl_app.deploy.launcher import FlowerRunError, LocalSuperLink
+from fl_app.deploy.processes import flwr_tool, free_port, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +219,13 @@ class LocalDeployment:
 
     def _start_node(self, index: int) -> subprocess.Popen[bytes]:
         command = [
-            _tool("flower-supernode"),
+            flwr_tool("flower-supernode"),
             "--superlink",
             self.link.address,
             "--node-config",
             node_config_string(self.node_configs[index]),
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--max-retries",
             "3",
         ]
@@ -292,7 +287,7 @@ class LocalDeployment:
         """Stop every SuperNode, then the SuperLink; remove the private home."""
         for process in self.nodes:
             if process is not None:
-                _stop_group(process)
+                stop_group(process)
         self.nodes = []
         self.link.stop()
 

@@ -17,8 +17,6 @@ import os
 import queue
 import re
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,6 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from fl_app.core.config import toml_value
+from fl_app.deploy.processes import (  # noqa: F401  (FlowerRunError: API)
+    FlowerRunError,
+    flwr_tool,
+    free_port,
+    stop_group,
+)
 from fl_app.deploy.watchdog import MARKER, stop_all
 
 log = logging.getLogger(__name__)
@@ -48,10 +52,6 @@ _SERVERAPP_DONE = re.compile(r"fl-dnn: finished \d+ rounds")
 END_GRACE_S = 5.0
 
 
-class FlowerRunError(RuntimeError):
-    """The Flower run failed, or could not be started or completed."""
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     """What a finished run left behind."""
@@ -60,12 +60,6 @@ class RunOutcome:
     status: str
     output_dir: Path
     summary: dict[str, Any]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_toml_table(values: Mapping[str, Any], path: Path) -> None:
@@ -114,17 +108,6 @@ def check_app_config(app_dir: Path, overrides: Mapping[str, Any]) -> None:
             "refuse the run: run `uv run python scripts/write_app_config.py` (it "
             "writes that table from the settings the schema declares)"
         )
-
-
-def _tool(name: str) -> str:
-    """Return the path of a Flower CLI next to this interpreter (the project's venv)."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise FlowerRunError(f"'{name}' was not found; is flwr installed (uv sync)?")
-    return found
 
 
 class SuperLinkConnection:
@@ -194,7 +177,7 @@ class SuperLinkConnection:
     ) -> subprocess.CompletedProcess[str]:
         """Run a ``flwr`` CLI command against this SuperLink."""
         return subprocess.run(
-            [_tool("flwr"), *args],
+            [flwr_tool("flwr"), *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -231,7 +214,7 @@ class LocalSuperLink(SuperLinkConnection):
         tls: Any = None,
         supernode_auth: bool = False,
     ) -> None:
-        port = _free_port()
+        port = free_port()
         super().__init__(
             f"127.0.0.1:{port}", root_certificates=tls.ca_cert if tls else None
         )
@@ -250,7 +233,7 @@ class LocalSuperLink(SuperLinkConnection):
     def __enter__(self) -> LocalSuperLink:
         self.write_config()
         command = [
-            _tool("flower-superlink"),
+            flwr_tool("flower-superlink"),
             "--isolation",
             "subprocess",
             "--host",
@@ -340,7 +323,7 @@ class LocalSuperLink(SuperLinkConnection):
         """
         process, self.process = self.process, None
         if process is not None:
-            _stop_group(process)
+            stop_group(process)
             stop_all(process.pid, self.token, grace_s=2.0)
         watchdog, self.watchdog = self.watchdog, None
         if watchdog is not None and watchdog.stdin is not None:
@@ -371,55 +354,6 @@ def _start_watchdog(pgid: int, token: str) -> subprocess.Popen[bytes]:
         env=env,
         start_new_session=True,
     )
-
-
-def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """Stop a process started with ``start_new_session=True`` and its whole group.
-
-    The group id is the leader's pid, and the group outlives its leader: a SuperNode
-    that already exited (refused by the SuperLink, say) can leave its SuperExec
-    child behind, which must be stopped too.
-    """
-    pgid = process.pid
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader: a zombie still counts as a member
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.1)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        log.warning("flower-superlink (pid %d) did not exit", process.pid)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group is still running (zombies do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # no procfs: ask the kernel, which counts zombies too
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # after "(command) ": state, ppid, pgrp, ...
-            state, _, group = (
-                (entry / "stat").read_text().rsplit(") ", 1)[1].split()[:3]
-            )
-        except (OSError, IndexError, ValueError):
-            continue
-        if int(group) == pgid and state != "Z":
-            return True
-    return False
 
 
 def _run_status(link: SuperLinkConnection, run_id: int) -> tuple[str, str]:
@@ -555,7 +489,7 @@ def run_app(
     write_toml_table(overrides, config_file)
     staged = stage_app(app_dir, link.home / f"app_{time.monotonic_ns()}")
     command = [
-        _tool("flwr"),
+        flwr_tool("flwr"),
         "run",
         str(staged),
         CONNECTION,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fl_app.core.exchange import NodeExchange, RoundTally, arrays
+from fl_app.core.exchange import NodeExchange, RoundTally, accept_replies, arrays
 from fl_app.core.results import _pyplot, _save
 from fl_app.features.split.model import (
     BACKWARD,
@@ -235,25 +235,20 @@ class SplitServer(NodeExchange):
         self, finished: Mapping[int, RecordDict], tally: RoundTally
     ) -> list[tuple[int, list[np.ndarray], int]]:
         """Check each returned client part; return ``(node, weights, examples)``."""
-        accepted = []
-        for node in sorted(finished, key=self.partitions.__getitem__):
-            content = finished[node]
-            weights, examples = [], 0
-            try:
-                weights = arrays(content, "weights")
-                examples = int(content.config_records["result"]["num_examples"])
-            except (KeyError, TypeError, ValueError):
-                reason = "a reply without its client part or example count"
-            else:
-                reason = check_update(self.client_weights, weights)
-            if reason is None and examples <= 0:
-                reason = f"{examples} examples"
-            if reason is not None:
-                tally.rejected[node] = reason
-                log.warning("split: rejected node %s's client part: %s", node, reason)
-                continue
-            accepted.append((node, weights, examples))
-        return accepted
+
+        def read(content: RecordDict) -> tuple[list[np.ndarray], int]:
+            examples = int(content.config_records["result"]["num_examples"])
+            return arrays(content, "weights"), examples
+
+        return accept_replies(
+            finished,
+            sorted(finished, key=self.partitions.__getitem__),
+            read,
+            lambda weights: check_update(self.client_weights, weights),
+            tally,
+            "split: client part",
+            "a reply without its client part or example count",
+        )
 
     def evaluate_federated(self, server_round: int, tally: RoundTally) -> dict:
         """Score the clients' validation rows through the split model."""
@@ -301,19 +296,14 @@ class SplitServer(NodeExchange):
         bounds the training exchanges of a round together, and evaluation's.
         """
         started = time.perf_counter()
-        tally = RoundTally(KINDS)
-        if self.cfg.round_timeout:
-            tally.deadline = time.monotonic() + self.cfg.round_timeout
+        tally = RoundTally.for_round(self.cfg.round_timeout, KINDS)
         nodes = self.sample(server_round, self.cfg.clients_per_round, stream=0)
         if self.mode == "local_loss":
             accepted, server, losses = self.train_local_loss(nodes, server_round, tally)
         else:
             accepted, server, losses = self.train_splitfed(nodes, server_round, tally)
-        if not accepted and tally.failures and len(tally.failures) == len(nodes):
-            raise RuntimeError(
-                f"split round {server_round}: every sampled client failed: "
-                f"{next(iter(tally.failures.values()))}"
-            )
+        if not accepted:
+            tally.check_not_all_failed(f"split round {server_round}", len(nodes))
         if accepted:
             strategy = self.run.strategy
             self.client_weights = strategy.aggregate_layers(accepted)
@@ -328,9 +318,7 @@ class SplitServer(NodeExchange):
             if losses
             else None,
         }
-        evaluation = RoundTally(KINDS)
-        if self.cfg.round_timeout:
-            evaluation.deadline = time.monotonic() + self.cfg.round_timeout
+        evaluation = RoundTally.for_round(self.cfg.round_timeout, KINDS)
         row.update(self.evaluate_federated(server_round, evaluation))
         examples = {node: k for node, _, k in accepted}
         row.update(

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fl_app.core.exchange import NodeExchange, RoundTally, arrays
+from fl_app.core.exchange import NodeExchange, RoundTally, accept_replies, arrays
 from fl_app.core.results import _pyplot, _save
 from fl_app.data import ArrayDataset
 from fl_app.features.synthetic.gan import GAN_FILL, GAN_TRAIN, GanTrainer
@@ -73,39 +73,36 @@ class GanServer(NodeExchange):
         self, replies: dict[int, RecordDict], tally: RoundTally
     ) -> list[tuple[int, list, list, int, dict]]:
         """Return ``(node, generator, discriminator, rows, result)`` per good reply."""
-        accepted = []
-        for node in self.by_partition(replies):
-            content = replies[node]
-            try:
-                generator = arrays(content, "generator")
-                discriminator = arrays(content, "discriminator")
-                result = dict(content.config_records["result"])
-                rows = int(result["num_examples"])
-                result["d_loss"] = float(result["d_loss"])
-                result["g_loss"] = float(result["g_loss"])
-            except (KeyError, TypeError, ValueError) as err:
-                reason = f"a reply without its networks, row count or losses ({err})"
-            else:
-                reason = check_update(self.generator, generator) or check_update(
-                    self.discriminator, discriminator
-                )
-                if reason is None and rows <= 0:
-                    reason = f"{rows} examples"
-            if reason is not None:
-                tally.rejected[node] = reason
-                log.warning(
-                    "synthetic: rejected node %s's GAN update: %s", node, reason
-                )
-                continue
-            accepted.append((node, generator, discriminator, rows, result))
-        return accepted
+
+        def read(content: RecordDict) -> tuple[tuple, int]:
+            result = dict(content.config_records["result"])
+            rows = int(result["num_examples"])
+            result["d_loss"] = float(result["d_loss"])
+            result["g_loss"] = float(result["g_loss"])
+            networks = (arrays(content, "generator"), arrays(content, "discriminator"))
+            return (*networks, result), rows
+
+        def check(payload: tuple) -> str | None:
+            generator, discriminator, _ = payload
+            return check_update(self.generator, generator) or check_update(
+                self.discriminator, discriminator
+            )
+
+        accepted = accept_replies(
+            replies,
+            self.by_partition(replies),
+            read,
+            check,
+            tally,
+            "synthetic: GAN update",
+            "a reply without its networks, row count or losses",
+        )
+        return [(node, g, d, rows, result) for node, (g, d, result), rows in accepted]
 
     def run_round(self, server_round: int) -> dict[str, Any]:
         """Train, check and average one GAN round; return its record."""
         started = time.perf_counter()
-        tally = RoundTally()
-        if self.cfg.round_timeout:
-            tally.deadline = time.monotonic() + self.cfg.round_timeout
+        tally = RoundTally.for_round(self.cfg.round_timeout)
         nodes = self.sample(server_round, self.cfg.clients_per_round, GAN_STREAM)
         networks = {
             "generator": ArrayRecord(numpy_ndarrays=self.generator),
@@ -116,11 +113,7 @@ class GanServer(NodeExchange):
             {n: RecordDict(networks) for n in nodes}, GAN_TRAIN, server_round, tally
         )
         accepted = self._accept(replies, tally)
-        if len(tally.failures) == len(nodes):
-            raise RuntimeError(
-                f"synthetic: GAN round {server_round}: every sampled client failed: "
-                f"{next(iter(tally.failures.values()))}"
-            )
+        tally.check_not_all_failed(f"synthetic: GAN round {server_round}", len(nodes))
         if accepted:  # else (all rejected) both networks stay as they were
             self.generator = aggregate_weighted([(g, k) for _, g, _, k, _ in accepted])
             self.discriminator = aggregate_weighted(
@@ -167,9 +160,7 @@ class GanServer(NodeExchange):
 
         Row counts are one dict per node that answered; bytes: the generator sent.
         """
-        tally = RoundTally()
-        if self.cfg.round_timeout:
-            tally.deadline = time.monotonic() + self.cfg.round_timeout
+        tally = RoundTally.for_round(self.cfg.round_timeout)
         final = ArrayRecord(numpy_ndarrays=self.generator)
         replies = self.exchange(
             {
