@@ -61,15 +61,10 @@ def test_docs_hydra_keys_flatten_back_to_their_keys():
 def test_readme_is_short_and_gives_the_two_commands():
     lines = README.read_text().splitlines()
     assert len(lines) <= 150, f"README.md has {len(lines)} lines; at most 150"
-    # byte-identical to what CI (.ci/run) and the start-up benchmark run
-    assert (
-        "uv run python run_simulation.py   # the default experiment (below): "
-        "~42 s, round 1 ends at ~20 s" in lines
-    )
-    assert (
-        "uv run pytest                     # the whole test suite "
-        "(unit + slow whole runs): ~7 min" in lines
-    )
+    # the commands CI (.ci/run) and the start-up benchmark run, as README gives them
+    commands = [line.split("#", 1)[0].strip() for line in lines]
+    assert "uv run python run_simulation.py" in commands
+    assert "uv run pytest" in commands
 
 
 # [text](target) and [text]: target; images too. Code spans and fences are skipped.
