@@ -10,7 +10,6 @@ run config, because Flower discards the final Context.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -20,7 +19,7 @@ from fl_app import features
 from fl_app.core.checkpoint import RunLock
 from fl_app.core.config import parse_run_config
 from fl_app.server.run import (
-    _log_to_console,
+    log_to_console,
     resolve_output_dir,
     resume_point,
     rounds_given,
@@ -38,10 +37,10 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = parse_run_config(context.run_config)
     output_dir = resolve_output_dir(cfg, context.run_id)
-    _log_to_console()
+    log_to_console()
     # a bad checkpoint fails here, before anything is written
     resumed = resume_point(cfg, context, output_dir, rounds_given(grid))
-    if resumed is not None:  # resume alone runs to the checkpoint's round count
-        cfg = replace(cfg, num_rounds=int(context.run_config["num-rounds"]))
+    if resumed is not None:  # resume alone runs to the checkpoint's round count:
+        cfg = parse_run_config(context.run_config)  # checked again with it
     with RunLock(output_dir):
         run_server(grid, context, cfg, output_dir, started, resumed)

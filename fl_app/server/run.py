@@ -87,7 +87,7 @@ def resolve_output_dir(cfg: RunConfig, run_id: int) -> Path:
     return run_output_dir(cfg.checkpoint.resume or cfg.output_dir, run_id)
 
 
-def _log_to_console() -> None:
+def log_to_console() -> None:
     """Show the project's INFO logs (per-round progress) in the run's log stream."""
     for name in ("fl_app", "strategies"):
         logger = logging.getLogger(name)
