@@ -47,9 +47,14 @@ def delta_pairs(reference: NDArrays, update: NDArrays) -> list[tuple[int, np.nda
 
 def delta_norm(reference: NDArrays, update: NDArrays) -> float:
     """L2 norm of ``update - reference`` over all the arrays the update carries."""
-    return math.sqrt(
-        sum(float(np.sum(d * d)) for _, d in delta_pairs(reference, update))
-    )
+    return delta_norm_and_size(reference, update)[0]
+
+
+def delta_norm_and_size(reference: NDArrays, update: NDArrays) -> tuple[float, int]:
+    """:func:`delta_norm`, and how many entries the update carries, in one pass."""
+    pairs = delta_pairs(reference, update)
+    norm = math.sqrt(sum(float(np.sum(d * d)) for _, d in pairs))
+    return norm, sum(d.size for _, d in pairs)
 
 
 def with_delta(
@@ -170,13 +175,13 @@ def defend(
     Norms and claims are judged against the round's median over these updates, so
     one attacker cannot move the bound far (the median of ten is set by the middle).
     """
-    norms = [delta_norm(r, u) for r, u in zip(references, updates, strict=True)]
+    measured = [
+        delta_norm_and_size(r, u) for r, u in zip(references, updates, strict=True)
+    ]
+    norms = [norm for norm, _ in measured]
     # a relative bound compares updates of different sizes (width slices) by their
     # root mean square delta: scale[i] turns that bound back into update i's norm
-    sizes = [
-        sum(d.size for _, d in delta_pairs(r, u))
-        for r, u in zip(references, updates, strict=True)
-    ]
+    sizes = [size for _, size in measured]
     scale = [1.0] * len(sizes)
     judged = norms
     if defence.norm_mode != "fixed" and len(set(sizes)) > 1:
