@@ -11,6 +11,7 @@ first one imports the client's modules (:func:`load_features`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -63,12 +64,14 @@ def client_fn(context: Context) -> Client:
     ).to_client()
 
 
-def node_capacity(cfg: RunConfig, context: Context, partition_id: int) -> float | None:
+def node_capacity(
+    cfg: RunConfig, context: Context, partition_id: int
+) -> float | Callable[[int], float]:
     """Return the node's width for heterogeneous slicing.
 
     ``capacity`` in the node config (deployment) wins; else the partition's share of
-    ``strategy-capacities`` (simulation; ``None`` with ``strategy-dynamic``: the client
-    draws it per round); else 1.
+    ``strategy-capacities`` (simulation; with ``strategy-dynamic`` a function of the
+    round: the client draws it per round); else 1.
     """
     if "capacity" in context.node_config:
         capacity = context.node_config["capacity"]
@@ -80,7 +83,7 @@ def node_capacity(cfg: RunConfig, context: Context, partition_id: int) -> float 
     if cfg.hetero is None:
         return 1.0
     if cfg.hetero.dynamic:
-        return None
+        return functools.partial(partition_capacity, cfg, partition_id)
     return partition_capacity(cfg, partition_id, 0)
 
 

@@ -12,11 +12,19 @@ The hooks run on the client, inside the local training of the plain, DP-SGD and
 personalized trainers alike (:mod:`fl_app.ml.training`,
 :mod:`fl_app.features.personalization.training`):
 
+- :meth:`ClientTechnique.wrap_model` once, when the model is built (pruning wraps
+  its layers); :meth:`ClientTechnique.optimizer` may replace the configured
+  optimizer (DP-SGD's), and ``per_example_loss`` asks for an unreduced loss;
 - :meth:`ClientTechnique.wrap_optimizer` once, when a compiled model (or a
   personalized trainer's copy of the global model) gets its optimizer;
+- :meth:`ClientTechnique.set_weights` / :meth:`ClientTechnique.get_weights` where
+  the technique's model holds more than the plain arrays that travel;
 - :meth:`ClientTechnique.begin` before each local training, once the weights the
   server sent are set;
-- :meth:`ClientTechnique.end` after it, returning metrics for the fit reply.
+- :meth:`ClientTechnique.end` after it, returning metrics for the fit reply;
+- :meth:`ClientTechnique.batch_transform` (a class method, from the settings alone)
+  transforms each training batch (augmentation), and
+  :meth:`ClientTechnique.check_input` refuses data it cannot handle.
 
 One technique object belongs to a compiled model, which every client a worker
 process serves shares: it must keep nothing of one client for the next. What a
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -134,6 +142,8 @@ class ClientTechnique:
     name: ClassVar[str]
     prefix: ClassVar[str]
     Config: ClassVar[type]
+    # True: the training loss is left per example (unreduced), as DP optimizers need
+    per_example_loss: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -142,6 +152,41 @@ class ClientTechnique:
     def enabled(cls, config: Any) -> bool:
         """Whether the technique is on for these settings (default: always)."""
         return True
+
+    @classmethod
+    def batch_transform(
+        cls, config: Any, seed: int
+    ) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Return a transform of training batches for one local training, or None.
+
+        ``seed`` is drawn per client and round; the transform must take its
+        randomness from it alone.
+        """
+        return None
+
+    @classmethod
+    def check_input(cls, config: Any, input_shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` if the technique cannot train on this input shape."""
+
+    def wrap_model(self, model: Any) -> Any:
+        """Return the model to compile in place of ``model`` (default: unchanged)."""
+        return model
+
+    def optimizer(self, client: Any) -> Any | None:
+        """Return an optimizer that replaces the configured one, or None (default).
+
+        ``client`` is the run's ``ClientConfig``; at most one active technique may
+        replace the optimizer.
+        """
+        return None
+
+    def set_weights(self, model: Any, weights: Sequence[np.ndarray]) -> bool:
+        """Set the plain arrays ``weights`` into ``model``; False: not handled here."""
+        return False
+
+    def get_weights(self, model: Any) -> list[np.ndarray] | None:
+        """Return ``model``'s plain arrays, or None where the technique adds none."""
+        return None
 
     def wrap_optimizer(self, optimizer: Any, variables: Sequence[Any]) -> Any:
         """Return the optimizer that will train ``variables`` (default: unchanged)."""
@@ -199,3 +244,36 @@ def active_techniques(extras: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any
 def make_techniques(active: Sequence[tuple[str, Any]]) -> list[ClientTechnique]:
     """Instantiate the techniques of :func:`active_techniques` (one set per model)."""
     return [CLIENT_TECHNIQUES[name](config) for name, config in active]
+
+
+def batch_transform(
+    active: Sequence[tuple[str, Any]], seed: int
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Return the active techniques' batch transforms, composed (None: there is none).
+
+    ``seed`` is drawn once per local training, whether or not a technique uses it.
+    """
+    transforms = [
+        f
+        for name, config in active
+        if (f := CLIENT_TECHNIQUES[name].batch_transform(config, seed)) is not None
+    ]
+    if not transforms:
+        return None
+    if len(transforms) == 1:
+        return transforms[0]
+
+    def composed(x: np.ndarray) -> np.ndarray:
+        for transform in transforms:
+            x = transform(x)
+        return x
+
+    return composed
+
+
+def check_input(
+    active: Sequence[tuple[str, Any]], input_shape: tuple[int, ...]
+) -> None:
+    """Let every active technique refuse an input shape it cannot train on."""
+    for name, config in active:
+        CLIENT_TECHNIQUES[name].check_input(config, input_shape)

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.core.config import ClientConfig, DpSgdConfig, ModelConfig, RunConfig
+from fl_app.core.config import ClientConfig, ModelConfig, RunConfig
 from fl_app.core.techniques import (
     ClientTechnique,
     active_techniques,
@@ -30,11 +30,13 @@ from fl_app.core.techniques import (
     state_for,
 )
 from fl_app.data import ArrayDataset
-from fl_app.features.augmentation.augmenter import Augmenter
 from fl_app.ml.models import build_model
 
 log = logging.getLogger(__name__)
 keras = tf.keras
+
+# A transform of each training batch (client techniques' ``batch_transform``).
+Augmenter = Callable[[np.ndarray], Any]
 
 
 @functools.cache
@@ -72,9 +74,8 @@ class ModelKey:
     num_classes: int
     width: float
     scaler: bool = False  # HeteroFL's training-time scaler (narrow hetero clients)
-    pruning: bool = False  # Conv2D/Dense wrapped by tfmot's prune_low_magnitude
-    dpsgd: DpSgdConfig | None = None  # tensorflow-privacy's DP optimizer
-    # (name, config) of the client techniques that are on (fl_app.core.techniques)
+    # (name, config) of the client techniques that are on (fl_app.core.techniques):
+    # they may wrap the model (pruning) or replace its optimizer (DP-SGD)
     techniques: tuple[tuple[str, Any], ...] = ()
 
 
@@ -88,8 +89,6 @@ def model_key(
         input_shape=input_shape,
         num_classes=num_classes,
         width=cfg.model.width,
-        pruning=cfg.pruning is not None,
-        dpsgd=cfg.dpsgd,
         techniques=active_techniques(cfg.extras),
     )
 
@@ -109,6 +108,24 @@ def hook_techniques(
     for technique in techniques:
         optimizer = technique.wrap_optimizer(optimizer, variables)
     return optimizer, techniques
+
+
+def techniques_of(model: keras.Model) -> list[ClientTechnique]:
+    """Return the client techniques hooked into a compiled model (none: [])."""
+    return _TECHNIQUES.get(model, [])
+
+
+def technique_optimizer(
+    techniques: list[ClientTechnique], client: ClientConfig
+) -> keras.optimizers.Optimizer:
+    """Return the optimizer a technique puts in place of the configured one, if any."""
+    chosen = [(t, o) for t in techniques if (o := t.optimizer(client)) is not None]
+    if len(chosen) > 1:
+        raise ValueError(
+            "two client techniques replace the optimizer: "
+            f"{', '.join(t.name for t, _ in chosen)}; turn one off"
+        )
+    return chosen[0][1] if chosen else make_optimizer(client)
 
 
 def begin_techniques(techniques: list[ClientTechnique], variables: list) -> None:
@@ -216,28 +233,20 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
         model = build_model(
             key.model, key.input_shape, key.num_classes, key.width, key.scaler
         )
-        if key.pruning:
-            from fl_app.features.pruning.pruning import (
-                wrap_for_pruning,  # imports tfmot
-            )
-
-            model = wrap_for_pruning(model)
+        techniques = make_techniques(key.techniques)
+        for technique in techniques:  # e.g. pruning wraps the layers
+            model = technique.wrap_model(model)
         loss = (
             LabelMaskedLoss(key.num_classes)
             if key.client.label_mask
             else keras.losses.sparse_categorical_crossentropy
         )
-        if key.dpsgd is not None:
-            from fl_app.features.privacy.dpsgd import dp_optimizer
-
-            optimizer = dp_optimizer(key.dpsgd, key.client.learning_rate)
-            # DP optimizers clip per-example (per-microbatch) losses: no reduction
-            loss = PerExampleLoss(loss)
-        else:
-            optimizer = make_optimizer(key.client)
-        optimizer, _TECHNIQUES[model] = hook_techniques(
-            key, optimizer, model.trainable_variables
-        )
+        if any(technique.per_example_loss for technique in techniques):
+            loss = PerExampleLoss(loss)  # DP optimizers clip per-example losses
+        optimizer = technique_optimizer(techniques, key.client)
+        for technique in techniques:
+            optimizer = technique.wrap_optimizer(optimizer, model.trainable_variables)
+        _TECHNIQUES[model] = techniques
         model.compile(
             optimizer=optimizer,
             loss=loss,
@@ -250,21 +259,19 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
 
 
 def set_model_weights(model: keras.Model, key: ModelKey, weights: list) -> None:
-    """Set plain arrays into ``model`` (pruning wrappers: masks from nonzeros)."""
-    if key.pruning:
-        from fl_app.features.pruning.pruning import set_plain_weights
-
-        set_plain_weights(model, weights)
-    else:
-        model.set_weights(weights)
+    """Set plain arrays into ``model`` (a technique's own way where it has one)."""
+    for technique in techniques_of(model):
+        if technique.set_weights(model, weights):
+            return
+    model.set_weights(weights)
 
 
 def get_model_weights(model: keras.Model, key: ModelKey) -> list[np.ndarray]:
-    """Return the plain arrays of ``model`` (pruning wrappers: stripped, masked)."""
-    if key.pruning:
-        from fl_app.features.pruning.pruning import get_plain_weights
-
-        return get_plain_weights(model)
+    """Return the plain arrays of ``model`` (a technique's own way where it has one)."""
+    for technique in techniques_of(model):
+        weights = technique.get_weights(model)
+        if weights is not None:
+            return weights
     return model.get_weights()
 
 
@@ -322,7 +329,7 @@ def train_local(
     classes in ``data``. Returns the loss and accuracy of the last epoch.
     """
     reset_optimizer(model.optimizer, cfg.learning_rate)
-    techniques = _TECHNIQUES.get(model, [])
+    techniques = techniques_of(model)
     begin_techniques(techniques, model.trainable_variables)
     mask = label_mask_of(model)
     if mask is not None:
@@ -331,7 +338,7 @@ def train_local(
     try:
         for _ in range(cfg.local_epochs):
             order = rng.permutation(len(data))
-            logs = _run_batches(
+            logs = run_batches(
                 model.train_on_batch, model, data.take(order), cfg.batch_size, augment
             )
     finally:
@@ -344,60 +351,7 @@ def train_local(
     }
 
 
-def train_local_dp(
-    model: keras.Model,
-    data: ArrayDataset,
-    cfg: ClientConfig,
-    dpsgd: DpSgdConfig,
-    rng: np.random.Generator,
-    augment: Augmenter | None = None,
-) -> dict[str, float]:
-    """Train with DP-SGD on Poisson-sampled batches (``model`` has a DP optimizer).
-
-    Runs :func:`fl_app.features.privacy.dpsgd.dp_sgd_steps` steps; in each, every
-    example joins the
-    batch with probability ``batch_size / len(data)``, the sampling the accountant
-    assumes. A step whose batch is empty is skipped (the accountant still counts it,
-    which only overstates ε). With microbatches, a batch is cut to a multiple of
-    their number (dropping examples at random only subsamples further).
-    """
-    from fl_app.features.privacy.dpsgd import dp_sgd_steps, poisson_batches
-
-    reset_optimizer(model.optimizer, cfg.learning_rate)
-    techniques = _TECHNIQUES.get(model, [])
-    begin_techniques(techniques, model.trainable_variables)
-    q = min(cfg.batch_size / len(data), 1.0)
-    steps = dp_sgd_steps(len(data), cfg.batch_size, cfg.local_epochs)
-    mask = label_mask_of(model)
-    if mask is not None:
-        mask.set_classes(data.y)
-    model.reset_metrics()
-    logs: dict = {}
-    try:
-        for batch in poisson_batches(len(data), q, steps, rng):
-            if dpsgd.microbatches:
-                keep = len(batch) - len(batch) % dpsgd.microbatches
-                batch = rng.permutation(batch)[:keep]
-            if len(batch) == 0:
-                continue
-            x = data.x[batch]
-            logs = model.train_on_batch(
-                x if augment is None else augment(x),
-                data.y[batch],
-                reset_metrics=False,
-                return_dict=True,
-            )
-    finally:
-        if mask is not None:
-            mask.set_classes(None)
-    return {
-        "train_loss": float(logs.get("loss", np.nan)),
-        "train_accuracy": float(logs.get("accuracy", np.nan)),
-        **end_techniques(techniques, model.trainable_variables),
-    }
-
-
-def _run_batches(
+def run_batches(
     step,
     model: keras.Model,
     data: ArrayDataset,
@@ -428,5 +382,5 @@ def evaluate_model(
     model: keras.Model, data: ArrayDataset, batch_size: int = 1024
 ) -> tuple[float, float]:
     """Return ``(loss, accuracy)`` of ``model`` on ``data``."""
-    logs = _run_batches(model.test_on_batch, model, data, batch_size)
+    logs = run_batches(model.test_on_batch, model, data, batch_size)
     return logs["loss"], logs["accuracy"]

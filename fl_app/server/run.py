@@ -48,15 +48,10 @@ from fl_app.core.checkpoint import (
     run_output_dir,
     save_checkpoint,
 )
-from fl_app.core.config import (
-    STRATEGY_SPECS,
-    ConfigError,
-    RunConfig,
-)
+from fl_app.core.config import STRATEGY_SPECS, ConfigError, RunConfig
 from fl_app.core.exchange import NodeExchange
 from fl_app.core.results import MODEL_FILE, RunRecorder
 from fl_app.data import ArrayDataset, CentralData, load_central_data
-from fl_app.features.compression.codecs import Codec
 from fl_app.ml.training import (
     ModelKey,
     evaluate_model,
@@ -66,18 +61,23 @@ from fl_app.ml.training import (
 )
 from fl_app.server.grids import DeadlineGrid, tune_grid, wait_for_nodes
 from fl_app.server.registry import (
+    FIT_WORKFLOWS,
     PHASES,
+    ROUND_ROWS,
     STRATEGY_BUILDERS,
     STRATEGY_OPTIONS,
+    STRATEGY_WRAPPERS,
     SUMMARY_PARTS,
+    UNRESUMABLE,
+    WORKFLOW_OVERRIDES,
     WORKFLOWS,
+    RegistrationError,
     RoundWorkflow,
     register_strategy,
     register_summary_part,
     register_workflow,
 )
 from strategies.fedavg import FedAvg
-from strategies.transport import ServerPruner, Transport
 
 log = logging.getLogger(__name__)
 
@@ -102,31 +102,6 @@ def log_to_console() -> None:
         logger.propagate = False
 
 
-def build_transport(
-    cfg: RunConfig, model: keras.Model
-) -> tuple[Transport | None, ServerPruner | None]:
-    """Return the strategy's codecs and pruning mask for the run config."""
-    transport = None
-    if cfg.secagg is not None:  # refused with compression by the config
-        transport = Transport(cast_floats=True)
-    if cfg.compression.active:
-        comp = cfg.compression
-        transport = Transport(
-            upload=Codec.parse(comp.upload) if comp.upload != "none" else None,
-            download=Codec.parse(comp.download) if comp.download != "none" else None,
-            delta=comp.delta,
-        )
-    pruner = None
-    if cfg.pruning is not None:
-        from fl_app.features.pruning.pruning import prunable_arrays, sparsity_by_round
-
-        pruner = ServerPruner(
-            prunable=prunable_arrays(model, cfg.pruning.layers),
-            sparsity_by_round=sparsity_by_round(cfg.pruning, cfg.num_rounds),
-        )
-    return transport, pruner
-
-
 def _build_fedavg(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
     return FedAvg(**common)
 
@@ -143,97 +118,53 @@ def build_strategy(cfg: RunConfig, model: keras.Model, **common: Any) -> FedAvg:
             f"server-side builder (register_strategy); built: "
             f"{', '.join(STRATEGY_BUILDERS)}"
         )
-    if STRATEGY_SPECS[cfg.strategy].dense_updates:
-        transport, pruner = build_transport(cfg, model)
-        common.update(
-            transport=transport, pruner=pruner, uniform=cfg.client_dp is not None
-        )
-    # what features give every strategy (the robust feature: defences, attack)
-    for options in STRATEGY_OPTIONS:
-        common.update(options(cfg))
+    dense = STRATEGY_SPECS[cfg.strategy].dense_updates
+    # what features give every strategy (defences, attack, codecs, pruning mask)
+    given: dict[str, str] = {}
+    for options, dense_only in STRATEGY_OPTIONS:
+        if dense_only and not dense:
+            continue
+        for keyword, value in options(cfg, model).items():
+            if keyword in given:
+                raise RegistrationError(
+                    f"two strategy options give {keyword!r}: {given[keyword]} and "
+                    f"{options.__module__}.{options.__qualname__}"
+                )
+            given[keyword] = f"{options.__module__}.{options.__qualname__}"
+            common[keyword] = value
     return build(cfg, model, **common)
 
 
-def wrap_client_dp(cfg: RunConfig, strategy: Strategy) -> Strategy:
-    """Wrap ``strategy`` in Flower's client-level DP wrapper the config names."""
-    from flwr.server.strategy import (
-        DifferentialPrivacyClientSideAdaptiveClipping,
-        DifferentialPrivacyClientSideFixedClipping,
-        DifferentialPrivacyServerSideAdaptiveClipping,
-        DifferentialPrivacyServerSideFixedClipping,
-    )
-
-    dp = cfg.client_dp
-    if dp is None:
-        return strategy
-    sampled = cfg.clients_per_round
-    if dp.adaptive:
-        cls = (
-            DifferentialPrivacyClientSideAdaptiveClipping
-            if dp.client_side
-            else DifferentialPrivacyServerSideAdaptiveClipping
-        )
-        return cls(
-            strategy,
-            noise_multiplier=dp.noise_multiplier,
-            num_sampled_clients=sampled,
-            initial_clipping_norm=dp.clipping_norm,
-            clipped_count_stddev=dp.clipped_count_stddev or None,
-        )
-    cls = (
-        DifferentialPrivacyClientSideFixedClipping
-        if dp.client_side
-        else DifferentialPrivacyServerSideFixedClipping
-    )
-    return cls(
-        strategy,
-        noise_multiplier=dp.noise_multiplier,
-        clipping_norm=dp.clipping_norm,
-        num_sampled_clients=sampled,
-    )
-
-
-def client_level_epsilon(cfg: RunConfig, rounds: int) -> float | None:
-    """ε of client-level DP after ``rounds`` rounds (RDP, sampling = m / n per round).
-
-    Flower's DP wrappers add Gaussian noise of ``noise_multiplier × clip / m`` to an
-    unweighted mean of ``m`` clipped updates: one Gaussian mechanism per round on a
-    ``m / n`` sample of clients. Flower samples a fixed-size subset; the accountant
-    treats it as Poisson sampling with the same rate, the usual approximation.
-    """
-    from fl_app.features.privacy.dpsgd import epsilon
-
-    dp = cfg.client_dp
-    if dp is None:
-        return None
-    q = cfg.clients_per_round / cfg.num_clients
-    return epsilon(rounds, q, dp.noise_multiplier, dp.delta)
-
-
-def privacy_row(cfg: RunConfig, row: dict[str, Any]) -> dict[str, Any]:
-    """Add a round's ε figures: the clients' largest DP-SGD ε, client-level ε."""
-    reported = [c["epsilon"] for c in row.get("clients", []) if "epsilon" in c]
-    if cfg.dpsgd is not None:
-        row["epsilon_sample_level_max"] = max(reported) if reported else None
-    if cfg.client_dp is not None:
-        row["epsilon_client_level"] = client_level_epsilon(cfg, row["round"])
-    return row
+def wrap_strategy(cfg: RunConfig, strategy: Strategy) -> Strategy:
+    """Return ``strategy`` wrapped by the features that wrap it (client-level DP)."""
+    for wrap in STRATEGY_WRAPPERS:
+        strategy = wrap(cfg, strategy)
+    return strategy
 
 
 def fit_workflow(cfg: RunConfig):
-    """Flower's SecAgg+ fit workflow when configured, else the default (None)."""
-    if cfg.secagg is None:
-        return None
-    from flwr.server.workflow import SecAggPlusWorkflow
+    """Return the fit step a feature asks for (SecAgg+), else None (the default)."""
+    for offer in FIT_WORKFLOWS:
+        workflow = offer(cfg)
+        if workflow is not None:
+            return workflow
+    return None
 
-    sa = cfg.secagg
-    return SecAggPlusWorkflow(
-        num_shares=sa.num_shares,
-        reconstruction_threshold=sa.reconstruction_threshold,
-        max_weight=sa.max_weight,
-        clipping_range=sa.clipping_range,
-        quantization_range=sa.quantization_range,
-    )
+
+def round_row(cfg: RunConfig, row: dict[str, Any]) -> dict[str, Any]:
+    """Return a round's record with what features add to it (ε)."""
+    for add in ROUND_ROWS:
+        row = add(cfg, row)
+    return row
+
+
+def unresumable(cfg: RunConfig) -> str | None:
+    """Return why a run cannot be resumed (it writes no checkpoints), else None."""
+    for why in UNRESUMABLE:
+        reason = why(cfg)
+        if reason:
+            return reason
+    return None
 
 
 class CentralEvaluation:
@@ -387,17 +318,18 @@ def run_rounds(
 def rounds_workflow(run: ServerRun) -> NDArrays:
     """FedAvg-style rounds: Flower's fit and evaluate steps per round.
 
-    The fit step is Flower's ``SecAggPlusWorkflow`` when ``secagg`` is on; after each
-    round's evaluate step, the strategy's round record is written, then the run's
-    checkpoint (``checkpoint-every``; always after the last round). With
-    ``round_timeout``, each exchange waits at most that long (:class:`DeadlineGrid`)
-    and the round's record counts the replies dropped (``num_timeouts``).
+    The fit step is a feature's where one offers it (Flower's ``SecAggPlusWorkflow``
+    with ``secagg``), else Flower's default. After each round's evaluate step, the
+    strategy's round record is written, then the run's checkpoint
+    (``checkpoint-every``; always after the last round). With ``round_timeout``,
+    each exchange waits at most that long (:class:`DeadlineGrid`) and the round's
+    record counts the replies dropped (``num_timeouts``).
     """
     cfg, strategy = run.cfg, run.strategy
     grid = DeadlineGrid(run.grid, cfg.round_timeout) if cfg.round_timeout else None
-    wrapped = wrap_client_dp(cfg, strategy)
-    # a run with a phase before its rounds (the GAN) cannot be resumed: no checkpoints
-    every = cfg.checkpoint.every if cfg.synthetic is None else 0
+    wrapped = wrap_strategy(cfg, strategy)
+    # a run that cannot be resumed (e.g. a phase before its rounds): no checkpoints
+    every = cfg.checkpoint.every if unresumable(cfg) is None else 0
 
     def evaluate_and_record(grid_: Grid, legacy: Context) -> None:
         default_evaluate_workflow(grid_, legacy)
@@ -406,7 +338,7 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
         )
         row = strategy.pop_round_record(server_round)
         row["num_timeouts"] = grid.pop_timeouts() if grid is not None else 0
-        run.recorder.write_round(privacy_row(cfg, row))
+        run.recorder.write_round(round_row(cfg, row))
         if every and (server_round % every == 0 or server_round == cfg.num_rounds):
             weights = legacy.state.array_records[MAIN_PARAMS_RECORD]
             save_run_checkpoint(run, wrapped, server_round, weights.to_numpy_ndarrays())
@@ -473,8 +405,9 @@ def central_summary(run: ServerRun, weights: NDArrays) -> dict[str, Any]:
 
 def build_workflow(cfg: RunConfig) -> RoundWorkflow:
     """Return the workflow the strategy's spec names."""
-    # split training has its own message flow (fl_app.features.split.server)
-    name = "split" if cfg.split is not None else STRATEGY_SPECS[cfg.strategy].workflow
+    # a feature with its own message flow (split training) takes the run over
+    overrides = [name for when, name in WORKFLOW_OVERRIDES if when(cfg)]
+    name = overrides[0] if overrides else STRATEGY_SPECS[cfg.strategy].workflow
     workflow = WORKFLOWS.get(name)
     if workflow is None:
         raise ConfigError(
@@ -540,11 +473,9 @@ def clear_checkpoints(cfg: RunConfig, output_dir: Path) -> None:
         )
         for _, path in old:
             path.unlink(missing_ok=True)
-    if cfg.checkpoint.active and (cfg.split is not None or cfg.synthetic is not None):
-        log.info(
-            "no checkpoints: %s cannot be resumed",
-            "split training" if cfg.split is not None else "a run with the GAN phase",
-        )
+    reason = unresumable(cfg)
+    if cfg.checkpoint.active and reason:
+        log.info("no checkpoints: %s cannot be resumed", reason)
 
 
 def run_server(
@@ -571,13 +502,9 @@ def run_server(
     grid = tune_grid(grid)
 
     data = load_central_data(cfg)
-    # The server evaluates plain models: pruning wrappers and client techniques'
-    # optimizer hooks are a client's training aids.
-    key = replace(
-        model_key(cfg, data.input_shape, data.num_classes),
-        pruning=False,
-        techniques=(),
-    )
+    # The server evaluates plain models: client techniques (pruning wrappers, DP
+    # optimizers, optimizer hooks) are a client's training aids.
+    key = replace(model_key(cfg, data.input_shape, data.num_classes), techniques=())
     model = get_compiled_model(key, cfg.seed)
     central = CentralEvaluation(model, data.test)
     strategy = build_strategy(

@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 
-from fl_app.core.config import AugmentationConfig, ConfigError, parse_run_config
+from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.core.techniques import check_input
 from fl_app.data import ArrayDataset
-from fl_app.features.augmentation.augmenter import check_image_input, make_augmenter
+from fl_app.features.augmentation.augmenter import make_augmenter
+from fl_app.features.augmentation.settings import AugmentationConfig
+from fl_app.features.augmentation.technique import Augmentation
 from fl_app.ml.models import build_model
 from fl_app.ml.training import (
     get_compiled_model,
@@ -109,8 +112,9 @@ def test_augmented_training_is_reproducible_and_differs_from_plain_training():
 
 def test_image_augmentation_on_vectors_fails_clearly():
     with pytest.raises(ValueError, match="transforms images.*\\(60,\\)"):
-        check_image_input(LIGHT, (60,))
-    check_image_input(NONE, (60,))
+        check_input([("augmentation", LIGHT)], (60,))
+    check_input([], (60,))  # augmentation off: not an active technique
+    assert not Augmentation.enabled(NONE) and Augmentation.enabled(LIGHT)
     with pytest.raises(ConfigError, match="client-augmentation.*synthetic"):
         parse_run_config(
             {

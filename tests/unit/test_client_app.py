@@ -34,10 +34,13 @@ def test_dynamic_capacities_move_between_rounds_in_equal_shares():
     from fl_app.client.keras_client import KerasClient
 
     cfg = parse_run_config({"strategy": "hetero", "strategy-dynamic": True})
-    assert node_capacity(cfg, context({"partition-id": 3}), 3) is None
+    assert callable(node_capacity(cfg, context({"partition-id": 3}), 3))
     # a node's own capacity stays fixed even in dynamic mode
     assert node_capacity(cfg, context({"capacity": 0.5}), 3) == 0.5
-    clients = [KerasClient(cfg, pid, capacity=None) for pid in range(10)]
+    clients = [
+        KerasClient(cfg, pid, capacity=node_capacity(cfg, context({}), pid))
+        for pid in range(10)
+    ]
     by_round = [
         [c.get_properties({"server_round": r})["capacity"] for c in clients]
         for r in (1, 2, 3)

@@ -5,13 +5,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fl_app.core.config import ConfigError, DpSgdConfig, parse_run_config
+from fl_app.core.config import ConfigError, parse_run_config
 from fl_app.data import ArrayDataset
+from fl_app.features.privacy.client import train_local_dp
+from fl_app.features.privacy.settings import DpSgdConfig
 from fl_app.ml.training import (
     get_compiled_model,
     model_key,
     train_local,
-    train_local_dp,
 )
 from tests.by_hand import clipped_softmax_grads, softmax_grads
 from tests.inprocess import compose_flat
@@ -112,7 +113,10 @@ def test_fedprox_with_dp_sgd_adds_the_term_to_the_clipped_gradient():
     mu, lr, clip = 0.8, 0.5, 0.005
     cfg = parse_run_config({**SOFTMAX_SGD, "client-proximal-mu": mu})
     dp = DpSgdConfig("sgd", clip, 0.0, 0, 1e-5, 0.0)
-    model = get_compiled_model(replace(model_key(cfg, (3,), 2), dpsgd=dp))
+    key = model_key(cfg, (3,), 2)  # FedProx on, plus DP-SGD's optimizer
+    model = get_compiled_model(
+        replace(key, techniques=(*key.techniques, ("dpsgd", dp)))
+    )
     rng = np.random.default_rng(3)
     x = rng.normal(size=(8, 3)).astype(np.float32) * 3
     y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
@@ -146,7 +150,7 @@ def test_fedprox_config_from_hydra_and_refusals():
     assert cfg.extra("fedprox").mu == 0.01
     cfg = parse_run_config(compose_flat(["client=fedprox", "client.proximal_mu=0"]))
     assert cfg.extra("fedprox") is None
-    assert [name for name, _ in cfg.extras] == ["defence"]  # on by default
+    assert "fedprox" not in dict(cfg.extras)  # off: not among the sections
     with pytest.raises(ConfigError, match="client-proximal-mu.*-0.1.*>= 0"):
         parse_run_config({"client-proximal-mu": -0.1})
     with pytest.raises(

@@ -3,7 +3,8 @@ import pytest
 from flwr.app import RecordDict
 
 from fl_app.client.keras_client import KerasClient
-from fl_app.core.config import PersonalizationConfig, parse_run_config
+from fl_app.core.config import parse_run_config
+from fl_app.features.personalization.settings import PersonalizationConfig
 from fl_app.features.personalization.training import (
     PersonalState,
     blend,

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from fl_app.client.keras_client import KerasClient
-from fl_app.core.config import ConfigError, DpSgdConfig, parse_run_config
+from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.features.privacy.client import train_local_dp
 from fl_app.features.privacy.dpsgd import dp_sgd_steps, epsilon
+from fl_app.features.privacy.settings import DpSgdConfig
 from fl_app.ml.training import (
     get_compiled_model,
     model_key,
-    train_local_dp,
 )
 from tests.by_hand import clipped_softmax_grads, softmax_grads
 
@@ -62,7 +63,8 @@ def dp_model(noise, clip=0.01, optimizer="sgd", lr=1.0):
         {"model": "softmax", "client-optimizer": "sgd", "client-learning-rate": lr}
     )
     dp = DpSgdConfig(optimizer, clip, noise, 0, 1e-5, 0.0)
-    key = replace(model_key(cfg, (8, 8, 1), 10), dpsgd=dp)
+    key = model_key(cfg, (8, 8, 1), 10)
+    key = replace(key, techniques=(*key.techniques, ("dpsgd", dp)))
     return get_compiled_model(key), cfg, dp
 
 

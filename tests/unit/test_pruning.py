@@ -7,13 +7,14 @@ import pytest
 
 from fl_app.client.keras_client import KerasClient
 from fl_app.core.config import ConfigError, parse_run_config
+from fl_app.features.compression.server import codec_transport
 from fl_app.features.pruning.pruning import (
     mask_agreement,
     prunable_arrays,
     sparsity_by_round,
 )
+from fl_app.features.pruning.server import server_pruner
 from fl_app.ml.training import get_compiled_model
-from fl_app.server.run import build_transport
 
 PRUNED = {
     "pruning": "polynomial",
@@ -26,6 +27,14 @@ PRUNED = {
     "compression-delta": True,
     "compression-error-feedback": True,
 }
+
+
+def build_transport(cfg, model):
+    """The strategy's codecs and pruning mask, as the two features give them."""
+    return (
+        codec_transport(cfg, model).get("transport"),
+        server_pruner(cfg, model).get("pruner"),
+    )
 
 
 def test_schedule_follows_tfmot_polynomial_decay_in_rounds():
@@ -43,7 +52,7 @@ def test_schedule_follows_tfmot_polynomial_decay_in_rounds():
 def test_client_trains_under_the_server_mask_and_uploads_inside_it():
     cfg = parse_run_config(PRUNED)
     client = KerasClient(cfg, 0)
-    plain = get_compiled_model(replace(client.key, pruning=False), cfg.seed)
+    plain = get_compiled_model(replace(client.key, techniques=()), cfg.seed)
     transport, pruner = build_transport(cfg, plain)
     assert pruner.prunable == prunable_arrays(plain) == [True, False] * 4
     # the server prunes the initial model to the final sparsity, sends it sparse
@@ -68,7 +77,7 @@ def test_client_trains_under_the_server_mask_and_uploads_inside_it():
 def test_auto_layers_skip_the_first_and_the_class_layer():
     cfg = parse_run_config({**PRUNED, "pruning-layers": "auto"})
     plain = get_compiled_model(
-        replace(KerasClient(cfg, 0).key, pruning=False), cfg.seed
+        replace(KerasClient(cfg, 0).key, techniques=()), cfg.seed
     )
     _, pruner = build_transport(cfg, plain)
     # arrays: conv1 kernel, bias, conv2 kernel, bias, fc1 ..., classifier ...

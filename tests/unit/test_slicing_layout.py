@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from fl_app.core.config import ConfigError, HeteroConfig, ModelConfig, parse_run_config
+from fl_app.core.config import ConfigError, ModelConfig, parse_run_config
 from fl_app.features.hetero.capacities import assign_capacities
+from fl_app.features.hetero.settings import HeteroConfig
 from fl_app.features.hetero.slicing import SlicingError, model_layout, sizes_by_width
 from fl_app.ml.models import build_model
 from fl_app.ml.training import keras

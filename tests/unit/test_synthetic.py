@@ -137,7 +137,10 @@ def test_balancing_adds_generated_training_rows_and_never_touches_validation():
     # evaluates on its validation rows only
     client = KerasClient(cfg, 0, ctx.state)
     assert len(client.data.train) == len(data.train)
-    assert client.num_real == len(node.data.train) and client.num_synthetic == added
+    assert (
+        client.num_real == len(node.data.train)
+        and client.row_metrics["num_synthetic"] == added
+    )
     seen = []
     import fl_app.client.keras_client as client_module
 
@@ -172,7 +175,7 @@ def test_without_a_final_generator_a_client_trains_on_its_real_rows(caplog):
     expected, plain_examples, _ = plain.fit(weights, {"server_round": 1})
     # Assert: its training rows are its real rows, and it trains exactly as a client
     # without synthetic data does (bit for bit), weighted by them
-    assert client.num_synthetic == 0 and metrics["num_synthetic"] == 0
+    assert client.row_metrics["num_synthetic"] == 0 and metrics["num_synthetic"] == 0
     np.testing.assert_array_equal(client.data.train.x, plain.data.train.x)
     np.testing.assert_array_equal(client.data.train.y, plain.data.train.y)
     assert examples == plain_examples == len(plain.data.train) == metrics["num_real"]
@@ -231,11 +234,14 @@ def test_dp_sgd_combines_with_a_dp_discriminator():
     # Assert: the classifier trained with DP-SGD on real and generated rows, its
     # steps (epochs / q, q = batch / all its rows) and epsilon accounted apart from
     # the GAN's, which stay as the GAN phase left them (reported separately).
-    from fl_app.client.keras_client import STATE_PRIVACY as CLASSIFIER_PRIVACY
+    from fl_app.features.privacy.client import STATE_PRIVACY as CLASSIFIER_PRIVACY
     from fl_app.features.privacy.dpsgd import dp_sgd_steps, epsilon
 
     rows = len(client.data.train)
-    assert client.num_synthetic > 0 and rows == n_real + client.num_synthetic
+    assert (
+        client.row_metrics["num_synthetic"] > 0
+        and rows == n_real + client.row_metrics["num_synthetic"]
+    )
     assert examples == n_real
     steps = dp_sgd_steps(rows, cfg.client.batch_size, cfg.client.local_epochs)
     records = ctx.state.config_records

@@ -1,5 +1,9 @@
-"""Image augmentation (rotation, shifts, shear, zoom, flips) on the clients.
+"""Image augmentation (rotation, shifts, zoom, flips, contrast) on the clients.
 
-``augmenter`` builds the Keras preprocessing pipeline per client and round; its
-settings (``client-augmentation-*``) are in ``fl_app.core.config`` for now.
+``settings`` declares ``client-augmentation-*``; ``technique`` makes it a client
+technique whose batch transform ``augmenter`` builds (Keras preprocessing layers)
+per client and round.
 """
+
+from fl_app.features.augmentation import settings as settings
+from fl_app.features.augmentation import technique as technique

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.core.config import AugmentationConfig
+from fl_app.features.augmentation.settings import AugmentationConfig
 
 keras = tf.keras
 
@@ -53,12 +53,3 @@ def make_augmenter(cfg: AugmentationConfig, seed: int) -> Augmenter | None:
         return pipeline(batch, training=True)
 
     return augment
-
-
-def check_image_input(cfg: AugmentationConfig, input_shape: tuple[int, ...]) -> None:
-    """Fail clearly when image augmentation is asked for on non-image data."""
-    if cfg.active and len(input_shape) != 3:
-        raise ValueError(
-            f"client-augmentation '{cfg.name}' transforms images (h, w, c) but the "
-            f"data has shape {input_shape}; set client.augmentation=none"
-        )

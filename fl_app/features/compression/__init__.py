@@ -1,6 +1,8 @@
 """Update compression: codecs (int8, sign, sparse, top-k) with error feedback.
 
-``codecs`` holds the codecs and the client's side of the transport; the server's
-side is ``strategies/transport.py``. Settings (``compression-*``) are in
-``fl_app.core.config`` for now.
+``settings`` declares ``compression-*``; ``codecs`` holds the codecs; ``client``
+codes the client's arrays (``CodecTransport``, the residual in the node state);
+``server`` gives every dense strategy its codecs (``strategies/transport.py``).
 """
+
+from fl_app.features.compression import settings as settings

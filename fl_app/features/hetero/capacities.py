@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fl_app.core.config import HeteroConfig, RunConfig
+from fl_app.core.config import RunConfig
+from fl_app.features.hetero.settings import HeteroConfig
 
 
 def assign_capacities(

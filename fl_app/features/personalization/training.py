@@ -29,11 +29,12 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.common import NDArrays
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.core.config import ClientConfig, PersonalizationConfig
+from fl_app.core.config import ClientConfig
 from fl_app.data import ArrayDataset
-from fl_app.features.augmentation.augmenter import Augmenter
+from fl_app.features.personalization.settings import PersonalizationConfig
 from fl_app.ml.models import build_model
 from fl_app.ml.training import (
+    Augmenter,
     ModelKey,
     begin_techniques,
     configure_tensorflow,

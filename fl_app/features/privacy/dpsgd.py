@@ -28,7 +28,7 @@ import dp_accounting
 import numpy as np
 
 from fl_app.client.node_state import LEDGER_MARK
-from fl_app.core.config import DpSgdConfig
+from fl_app.features.privacy.settings import DpSgdConfig
 
 
 @functools.cache

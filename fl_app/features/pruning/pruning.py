@@ -24,7 +24,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
 )
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.core.config import PruningConfig
+from fl_app.features.pruning.settings import PruningConfig
 
 keras = tf.keras
 sparsity_api = tfmot.sparsity.keras

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @register_strategy_options
-def defences_and_attack(cfg: RunConfig) -> dict[str, Any]:
+def defences_and_attack(cfg: RunConfig, model: Any) -> dict[str, Any]:
     """Give every strategy the attack (simulation) and the defences, as stages.
 
     In this order, around its aggregation (``strategies.stages``).

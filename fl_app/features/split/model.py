@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.core.config import SplitConfig
+from fl_app.features.split.settings import SplitConfig
 from fl_app.ml.models import build_model
 from fl_app.ml.training import (
     ModelKey,

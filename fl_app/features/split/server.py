@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from fl_app.core.config import RunConfig
 from fl_app.core.exchange import NodeExchange, RoundTally, accept_replies, arrays
 from fl_app.core.results import _pyplot, _save
 from fl_app.features.split.model import (
@@ -52,7 +53,11 @@ from fl_app.features.split.model import (
     cut_layer,
     split_model,
 )
-from fl_app.server.registry import register_summary_part, register_workflow
+from fl_app.server.registry import (
+    register_summary_part,
+    register_unresumable,
+    register_workflow,
+)
 from fl_app.server.run import ServerRun
 from strategies.aggregation import check_update
 
@@ -375,7 +380,14 @@ def split_workflow(run: ServerRun) -> list[np.ndarray]:
     return split.global_weights()
 
 
-register_workflow("split", split_workflow)
+# split training has its own message flow: it runs every run with split on
+register_workflow("split", split_workflow, when=lambda cfg: cfg.split is not None)
+
+
+@register_unresumable
+def split_unresumable(cfg: RunConfig) -> str | None:
+    """Say why split training is not resumable: its flow is not checkpointed."""
+    return "split training" if cfg.split is not None else None
 
 
 @register_summary_part

@@ -31,8 +31,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.client.keras_client import KerasClient, register_client_data
 from fl_app.client.node_data import client_data, node_partition
-from fl_app.core.config import RunConfig, SyntheticConfig, parse_run_config
+from fl_app.core.config import RunConfig, parse_run_config
 from fl_app.core.exchange import arrays, register_handler, require_feature
 from fl_app.data import ArrayDataset, ClientData
 from fl_app.features.synthetic.gan import (
@@ -42,6 +43,7 @@ from fl_app.features.synthetic.gan import (
     GanTrainer,
     fill_counts,
 )
+from fl_app.features.synthetic.settings import SyntheticConfig
 from fl_app.ml.training import configure_tensorflow
 
 log = logging.getLogger(__name__)
@@ -265,3 +267,18 @@ def with_synthetic_rows(
         np.concatenate([data.train.y, rows.y.astype(data.train.y.dtype)]),
     )
     return replace(data, train=train), len(rows.y)
+
+
+@register_client_data
+def add_synthetic_rows(client: KerasClient, num_classes: int) -> None:
+    """Add generated rows to a client's training rows (``synthetic=gan``).
+
+    The client's update is still weighted by its real rows (``num_real``); the fit
+    reply reports both counts.
+    """
+    if client.cfg.synthetic is None:
+        return
+    client.data, num_synthetic = with_synthetic_rows(
+        client.cfg, client.data, client.state, client.partition_id, num_classes
+    )
+    client.row_metrics.update(num_real=client.num_real, num_synthetic=num_synthetic)

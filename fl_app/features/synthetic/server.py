@@ -31,12 +31,17 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from fl_app.core.config import RunConfig
 from fl_app.core.exchange import NodeExchange, RoundTally, accept_replies, arrays
 from fl_app.core.results import _pyplot, _save
 from fl_app.data import ArrayDataset
 from fl_app.features.synthetic.gan import GAN_FILL, GAN_TRAIN, GanTrainer
 from fl_app.ml.training import evaluate_model, train_local
-from fl_app.server.registry import register_phase, register_summary_part
+from fl_app.server.registry import (
+    register_phase,
+    register_summary_part,
+    register_unresumable,
+)
 from fl_app.server.run import ServerRun
 from strategies.aggregation import aggregate_weighted, check_update
 
@@ -229,6 +234,12 @@ def gan_phase(run: ServerRun) -> None:
 
 
 register_phase(gan_phase)
+
+
+@register_unresumable
+def gan_unresumable(cfg: RunConfig) -> str | None:
+    """Say why a GAN run is not resumable: its phase is not checkpointed."""
+    return "a run with the GAN phase" if cfg.synthetic is not None else None
 
 
 def tstr(run: ServerRun, trainer: GanTrainer, initial: list[np.ndarray]) -> float:
