@@ -44,6 +44,7 @@ from fl_app.core.config import (
     parse_run_config,
 )
 from fl_app.core.results import append_sweep_row
+from fl_app.deploy.cluster import ClusterError
 from fl_app.deploy.launcher import (
     FlowerRunError,
     SuperLinkConnection,
@@ -134,10 +135,12 @@ def main(cfg: DictConfig) -> float:
                 output_dir=output_dir,
                 num_supernodes=parsed.num_clients,
                 client_num_cpus=sim.client_num_cpus,
+                client_num_gpus=sim.client_num_gpus,
+                ray_address=sim.ray_address,
                 timeout_s=sim.timeout_s,
                 echo=echo,
             )
-    except FlowerRunError as err:
+    except (FlowerRunError, ClusterError) as err:
         log.error("%s", err)
         sys.exit(1)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -223,6 +224,19 @@ def transport_for(cfg: RunConfig) -> type[Transport]:
     return Transport
 
 
+@functools.cache
+def ray_node() -> dict[str, Scalar]:
+    """Return the Ray node this process runs on (a simulated client), else nothing.
+
+    Recorded with each client's fit metrics, so a run on a Ray cluster shows which
+    node served which client.
+    """
+    ray = sys.modules.get("ray")  # never imported for this: deployments have none
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {"ray_node": ray.get_runtime_context().get_node_id()}
+
+
 class KerasClient(NumPyClient):
     """Train and evaluate the global model on one client's data.
 
@@ -304,7 +318,10 @@ class KerasClient(NumPyClient):
         augment = batch_transform(self.key.techniques, int(rng.integers(2**31 - 1)))
         train_cfg = self.cfg.client.at_round(server_round)
         with client_state(self.state):  # client techniques keep their state there
-            return self.training.fit(parameters, config, train_cfg, rng, augment)
+            weights, n, metrics = self.training.fit(
+                parameters, config, train_cfg, rng, augment
+            )
+        return weights, n, {**metrics, **ray_node()}
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]

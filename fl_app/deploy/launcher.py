@@ -213,11 +213,17 @@ class LocalSuperLink(SuperLinkConnection):
         simulation: bool = True,
         tls: Any = None,
         supernode_auth: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         port = free_port()
         super().__init__(
             f"127.0.0.1:{port}", root_certificates=tls.ca_cert if tls else None
         )
+        # A private Ray unless told otherwise: Flower's ray.init() without an address
+        # joins the cluster in RAY_ADDRESS, else the last one `ray start` started on
+        # this machine (/tmp/ray/ray_current_cluster); "local" always starts one.
+        self.env["RAY_ADDRESS"] = "local"
+        self.env.update(env or {})  # e.g. RAY_ADDRESS: join an existing Ray cluster
         self.port = port
         self.startup_timeout_s = startup_timeout_s
         self.simulation = simulation
@@ -373,7 +379,9 @@ def run_simulation(
     output_dir: Path,
     num_supernodes: int,
     client_num_cpus: int = 1,
+    client_num_gpus: float = 0.0,
     backend_num_cpus: int | None = None,
+    ray_address: str | None = None,
     app_dir: Path = APP_DIR,
     timeout_s: float | None = None,
     echo: Callable[[str], None] | None = None,
@@ -390,10 +398,20 @@ def run_simulation(
     num_supernodes : int
         Simulated SuperNodes (one per client partition).
     client_num_cpus : int
-        CPUs reserved per simulated client (Ray actor resources).
+        CPUs reserved per simulated client (Ray actor resources; whole CPUs, as
+        Flower's federation config takes them).
+    client_num_gpus : float
+        GPUs reserved per simulated client; a fraction lets several clients share
+        one GPU (TensorFlow grows its memory as needed, ``configure_tensorflow``).
     backend_num_cpus : int | None
-        CPUs Ray may hand out (default: the machine's cores); with
-        ``client_num_cpus`` it sets how many clients train at once.
+        CPUs a private Ray may hand out (default: the machine's cores); with
+        ``client_num_cpus`` it sets how many clients train at once. Not with
+        ``ray_address`` (a cluster has its own resources).
+    ray_address : str | None
+        Run on the existing Ray cluster at this address (``auto`` or
+        ``HOST:PORT``) instead of a private Ray on this machine; every node is
+        checked first (:func:`fl_app.deploy.cluster.check_cluster`). The cluster
+        is left running.
     app_dir : Path
         The Flower app (the directory holding ``pyproject.toml``).
     timeout_s : float | None
@@ -407,14 +425,40 @@ def run_simulation(
         When the run cannot be started, fails, or times out; the message holds
         Flower's error and the end of the run's log.
     """
+    if isinstance(client_num_cpus, bool) or not (
+        isinstance(client_num_cpus, int) and client_num_cpus >= 1
+    ):
+        raise ValueError(
+            f"client_num_cpus={client_num_cpus!r}: a whole number >= 1 (Flower's "
+            "federation config takes whole CPUs; share GPUs with client_num_gpus)"
+        )
+    if isinstance(client_num_gpus, bool) or not (
+        isinstance(client_num_gpus, int | float) and client_num_gpus >= 0
+    ):
+        raise ValueError(f"client_num_gpus={client_num_gpus!r}: a number >= 0")
     federation = (
         f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}"
     )
-    if backend_num_cpus is not None:
-        federation += f" init-args-num-cpus={backend_num_cpus}"
-    data = _prepare_data(run_config)
+    if client_num_gpus:
+        federation += f" client-resources-num-gpus={float(client_num_gpus)}"
+    env: dict[str, str] = {}
+    if ray_address:
+        if backend_num_cpus is not None:
+            raise ValueError(
+                "backend_num_cpus with ray_address: a Ray cluster has its own "
+                "resources (Ray refuses num_cpus when joining one)"
+            )
+        from fl_app.deploy.cluster import check_cluster
+
+        check_cluster(ray_address, run_config)
+        env["RAY_ADDRESS"] = ray_address  # Flower's ray.init() joins the cluster
+        data = None  # each node built the run's data in the check
+    else:
+        if backend_num_cpus is not None:
+            federation += f" init-args-num-cpus={backend_num_cpus}"
+        data = _prepare_data(run_config)
     try:
-        with LocalSuperLink() as link:
+        with LocalSuperLink(env=env) as link:
             return run_app(
                 link,
                 run_config,

@@ -41,13 +41,20 @@ Augmenter = Callable[[np.ndarray], Any]
 
 @functools.cache
 def configure_tensorflow() -> None:
-    """Make TensorFlow deterministic and size its thread pools; once per process.
+    """Make TensorFlow deterministic, share GPUs, size its thread pools; once.
 
     Ray sets ``OMP_NUM_THREADS`` to the CPUs reserved for an actor. TensorFlow's own
     pools ignore it and default to every core, so two one-CPU workers on two cores
     would run four busy threads; follow the reservation instead.
     """
     tf.config.experimental.enable_op_determinism()
+    # Several simulated clients may share a GPU (client_num_gpus < 1): each process
+    # takes GPU memory as it needs it, not the whole device at its first op.
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as err:  # TensorFlow initialised the GPU already
+            log.warning("could not set GPU memory growth: %s", err)
     threads = os.environ.get("OMP_NUM_THREADS", "")
     if threads.isdigit() and int(threads) > 0:
         try:

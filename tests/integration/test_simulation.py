@@ -283,3 +283,43 @@ def test_flwr_run_resume_alone_finishes_the_checkpointed_run(
     assert summary["rounds"] == 12 and summary["run_config"]["num-rounds"] == 12
     assert summary["resumed_from"] and 1 <= summary["resumed_from"][-1] < 12
     assert [r["round"] for r in read_rows(out)] == list(range(1, 13))
+
+
+def test_a_two_node_ray_cluster_serves_the_clients_on_both_nodes(
+    sweep, tmp_path, no_leftover_processes
+):
+    # Prepare: a Ray cluster of two nodes (two raylets, one CPU each) that this test
+    # starts, so neither is the launcher's: the run must join it and leave it up.
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        node_ids = {node.node_id for node in cluster.list_all_nodes()}
+        assert len(node_ids) == 2
+        # Execute: the sweep's seeded run, on the cluster
+        result = run_entry(
+            [
+                *SEEDED,
+                "simulation=ray_cluster",
+                f"simulation.ray_address={cluster.address}",
+            ],
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        # Assert: both nodes served clients (the node of each client's fit is in the
+        # round records), and the figures are the single-node run's of this seed
+        rows = read_rows(tmp_path / "run")
+        served = {c["ray_node"] for row in rows for c in row["clients"]}
+        assert served == node_ids
+        alone = read_rows(sweep[0] / "0")
+        for figure in FIGURES:
+            assert [r[figure] for r in rows] == [r[figure] for r in alone], figure
+        # the launcher stopped only what it started: the cluster is still alive
+        assert all(
+            node.remaining_processes_alive() for node in cluster.list_all_nodes()
+        )
+    finally:
+        cluster.shutdown()
+
