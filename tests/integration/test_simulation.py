@@ -322,4 +322,3 @@ def test_a_two_node_ray_cluster_serves_the_clients_on_both_nodes(
         )
     finally:
         cluster.shutdown()
-
