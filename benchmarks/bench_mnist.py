@@ -61,6 +61,7 @@ from _common import bench_parser, progress_echo, write_json  # noqa: E402
 from fl_app.core.config import flatten_nested, parse_run_config  # noqa: E402
 from fl_app.core.results import read_rows  # noqa: E402
 from fl_app.deploy.launcher import run_simulation  # noqa: E402
+from fl_app.deploy.processes import FlowerRunError  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -145,21 +146,76 @@ def rounds_to(rows: list[dict], target: float) -> int | None:
     return None
 
 
+# Every process this benchmark starts (Flower's, Ray's) inherits this marker, so
+# the benchmark can wait for its own processes of one run to end before the next.
+MARKER = "FL_DNN_BENCH_MNIST"
+os.environ[MARKER] = f"{os.getpid()}-{time.time_ns()}"
+RAY_DAEMONS = ("raylet", "gcs_server", "flwr-simulation", "flower-superlink")
+
+
+def own_leftovers() -> list[int]:
+    """Live Ray/Flower daemons started by this benchmark (``/proc``, read only)."""
+    mark = f"{MARKER}={os.environ[MARKER]}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(") ", 1)[1].split()[0]
+            marked = mark in (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if marked and state != "Z" and any(d.encode() in cmdline for d in RAY_DAEMONS):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for_leftovers(timeout_s: float = 60.0) -> None:
+    """Wait until the last run's daemons are gone: a new run's Ray must not meet
+    the last one's shutting down."""
+    deadline = time.monotonic() + timeout_s
+    while own_leftovers() and time.monotonic() < deadline:
+        time.sleep(1.0)
+
+
+def simulate_chunk(name, config, output_dir, retries: list, attempts: int = 3):
+    """Run one chunk; on a failed run, resume from its last checkpoint (or start
+    again) up to ``attempts`` times in all. Other sessions share this machine, and a
+    Ray node of theirs or ours going down fails a run that is otherwise fine."""
+    for attempt in range(attempts):
+        wait_for_leftovers()
+        checkpoints = sorted((output_dir / "checkpoints").glob("round-*.npz"))
+        resume = {"resume": str(output_dir.resolve())} if checkpoints else {}
+        try:
+            return run_simulation(
+                {**config, **resume},
+                output_dir=output_dir,
+                num_supernodes=int(config["num-clients"]),
+                echo=progress_echo(name),
+            )
+        except FlowerRunError as err:
+            if attempt == attempts - 1:
+                raise
+            retries.append(
+                {"num_rounds": config["num-rounds"], "error": str(err)[:400]}
+            )
+            print(f"[{name}] run failed, retrying: {str(err)[:200]}", flush=True)
+            time.sleep(10)
+    raise AssertionError("unreachable")
+
+
 def run_cell(name: str, cell: Cell, args, workdir: Path) -> dict[str, Any]:
     config = cell_config(cell, args)
     cap = int(config["num-rounds"])
     output_dir = workdir / name
     ends = [cap] if args.no_stop else chunk_ends(cell.paper_rounds, cap, *args.chunks)
-    chunks, rows, reached = [], [], None
+    chunks, rows, reached, retries = [], [], None, []
     started = time.perf_counter()
     for end in ends:
         chunk_start = time.perf_counter()
-        resume = {"resume": str(output_dir.resolve())} if chunks else {}
-        outcome = run_simulation(
-            {**config, "num-rounds": end, **resume},
-            output_dir=output_dir,
-            num_supernodes=int(config["num-clients"]),
-            echo=progress_echo(name),
+        outcome = simulate_chunk(
+            name, {**config, "num-rounds": end}, output_dir, retries
         )
         rows = read_rows(outcome.output_dir)
         chunks.append({"to_round": end, "wall_s": time.perf_counter() - chunk_start})
@@ -196,6 +252,7 @@ def run_cell(name: str, cell: Cell, args, workdir: Path) -> dict[str, Any]:
         | {"num_rounds_cap": cap, "client_num_cpus": 1}
         | {"model_params": _params(parsed)},
         "chunks": chunks,
+        "retries": retries,
         "accuracy_per_round": accuracy,
         "round_wall_s": [round(t, 3) for t in round_times],
     }

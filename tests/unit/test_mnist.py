@@ -12,8 +12,9 @@ from fl_app.core.config import ModelConfig, parse_run_config
 from fl_app.data import ArrayDataset, packaged
 from fl_app.data.federated import _build
 
-# The official MNIST test set's class counts (LeCun, Cortes, Burges), digits 0-9
+# The official MNIST sets' class counts (LeCun, Cortes, Burges), digits 0-9
 OFFICIAL_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+OFFICIAL_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def test_mnist_ships_the_whole_official_set(mnist):
     assert train.x.shape == (60_000, 28, 28, 1) and test.x.shape == (10_000, 28, 28, 1)
     assert train.x.dtype == np.float32 and train.y.dtype == np.int64
     assert np.bincount(test.y, minlength=10).tolist() == OFFICIAL_TEST_COUNTS
+    assert np.bincount(train.y, minlength=10).tolist() == OFFICIAL_TRAIN_COUNTS
     assert train.x.min() == 0.0 and train.x.max() == 1.0
     # the first training labels of the published file: 5 0 4 1 9
     assert train.y[:5].tolist() == [5, 0, 4, 1, 9]
