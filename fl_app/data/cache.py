@@ -15,10 +15,17 @@ set and ``meta.json``. Entries are written to a temporary directory and renamed 
 place, so a reader never sees half an entry; an entry that does not load is logged
 and rebuilt.
 
-Only ``digits`` is cached: hub datasets have Hugging Face's own cache, and
-``synthetic`` data is generated per client on demand (``fl_app.data.federated``).
-``FL_DNN_DATA_CACHE`` sets the directory (default
-``$XDG_CACHE_HOME/fl-dnn/data``, else ``~/.cache/fl-dnn/data``); ``off`` disables it.
+The datasets read from local files are cached (``digits``, ``mnist``,
+``fashion_mnist``): hub datasets have Hugging Face's own cache, and ``synthetic``
+data is generated per client on demand (``fl_app.data.federated``).
+
+A dataset parsed from its published files (MNIST's CSV, Fashion-MNIST's IDX) also
+keeps the parsed arrays, once per machine, under ``sources/`` (:func:`cached_source`):
+a new configuration of it (another partition, seed or client count) memory-maps them
+instead of parsing the files again.
+
+``FL_DNN_DATA_CACHE`` sets the directory (default ``$XDG_CACHE_HOME/fl-dnn/data``,
+else ``~/.cache/fl-dnn/data``); ``off`` disables it.
 """
 
 from __future__ import annotations
@@ -43,8 +50,16 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "FL_DNN_DATA_CACHE"
 FORMAT = 1
-CACHED_DATASETS = frozenset({"digits"})
-_BUILDERS = ("datasets.py", "partitioning.py", "federated.py", "cache.py")
+CACHED_DATASETS = frozenset({"digits", "mnist", "fashion_mnist"})
+SOURCES = "sources"  # parsed source files, one directory per dataset and version
+_BUILDERS = (
+    "datasets.py",
+    "packaged.py",
+    "idx.py",
+    "partitioning.py",
+    "federated.py",
+    "cache.py",
+)
 _LIBRARIES = ("numpy", "scikit-learn", "flwr-datasets")
 
 
@@ -119,7 +134,11 @@ def cached(
         write_entry(entry, data)
     except OSError as err:  # a read-only or full disk must not stop the run
         log.warning("could not write the data cache entry %s: %s", entry, err)
-    return data
+        return data
+    try:  # the memory-mapped copy: this process then holds only the rows it reads
+        return read_entry(entry)
+    except (OSError, ValueError, KeyError):
+        return data
 
 
 def _concat(splits: list[ArrayDataset]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,22 +150,16 @@ def _concat(splits: list[ArrayDataset]) -> tuple[np.ndarray, np.ndarray, np.ndar
     )
 
 
-def write_entry(entry: Path, data: FederatedData) -> None:
-    """Write ``data`` as the cache entry ``entry`` (atomically: temp dir + rename)."""
+def _write_arrays(entry: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write ``arrays`` (``.npy``) and ``meta.json`` as the directory ``entry``.
+
+    Atomically: a temporary directory renamed into place.
+    """
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
-        arrays = {"test_x": data.test.x, "test_y": data.test.y}
-        for split in ("train", "val"):
-            x, y, offsets = _concat([getattr(c, split) for c in data.clients])
-            arrays |= {f"{split}_x": x, f"{split}_y": y, f"{split}_offsets": offsets}
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", array, allow_pickle=False)
-        meta = {
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "num_clients": len(data.clients),
-        }
         (staging / "meta.json").write_text(json.dumps(meta))
         os.rename(staging, entry)
     except OSError:
@@ -155,6 +168,20 @@ def write_entry(entry: Path, data: FederatedData) -> None:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_entry(entry: Path, data: FederatedData) -> None:
+    """Write ``data`` as the cache entry ``entry`` (atomically: temp dir + rename)."""
+    arrays = {"test_x": data.test.x, "test_y": data.test.y}
+    for split in ("train", "val"):
+        x, y, offsets = _concat([getattr(c, split) for c in data.clients])
+        arrays |= {f"{split}_x": x, f"{split}_y": y, f"{split}_offsets": offsets}
+    meta = {
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "num_clients": len(data.clients),
+    }
+    _write_arrays(entry, arrays, meta)
 
 
 def read_entry(entry: Path) -> FederatedData:
@@ -183,3 +210,38 @@ def read_entry(entry: Path) -> FederatedData:
         input_shape=tuple(meta["input_shape"]),
         num_classes=int(meta["num_classes"]),
     )
+
+
+def cached_source(
+    name: str, source: dict, parse: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Return a dataset's parsed source arrays, parsing its files once per machine.
+
+    ``source`` identifies the files (package version, paths, sizes, times): the
+    entry ``sources/<name>-<hash of source>`` holds what ``parse`` returned, written
+    by the first process and memory-mapped (read-only) by every later one. With the
+    cache off, or when the entry cannot be written, this is ``parse()``.
+    """
+    root = cache_dir()
+    if root is None:
+        return parse()
+    digest = hashlib.sha256(
+        json.dumps({"format": FORMAT, **source}, sort_keys=True).encode()
+    ).hexdigest()[:32]
+    entry = root / SOURCES / f"{name}-{digest}"
+    if (entry / "meta.json").is_file():
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+            return {
+                name: np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                for name in meta["arrays"]
+            }
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("source cache %s does not load (%s); parsing again", entry, err)
+            shutil.rmtree(entry, ignore_errors=True)
+    arrays = parse()
+    try:
+        _write_arrays(entry, arrays, {"source": source, "arrays": sorted(arrays)})
+    except OSError as err:  # a read-only or full disk must not stop the run
+        log.warning("could not write the source cache %s: %s", entry, err)
+    return arrays

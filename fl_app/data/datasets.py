@@ -1,4 +1,7 @@
-"""Datasets: embedded ``digits``, generated ``synthetic`` and hub ``mnist``/``cifar10``.
+"""Datasets: embedded ``digits``, generated ``synthetic``, and hub datasets.
+
+The packaged ``mnist`` and ``fashion_mnist`` are in :mod:`fl_app.data.packaged`; the hub
+holds ``mnist_hub`` and ``cifar10``.
 
 Every loader returns plain numpy arrays: images as float32 ``(n, h, w, c)`` in
 [0, 1], vectors as float32 ``(n, d)``, labels as int64 ``(n,)``.
@@ -16,7 +19,10 @@ from fl_app.core.config import DatasetConfig
 log = logging.getLogger(__name__)
 
 # Hub dataset id and its image column, for flwr-datasets / Hugging Face datasets.
-HUB_IDS = {"mnist": ("ylecun/mnist", "image"), "cifar10": ("uoft-cs/cifar10", "img")}
+HUB_IDS = {
+    "mnist_hub": ("ylecun/mnist", "image"),
+    "cifar10": ("uoft-cs/cifar10", "img"),
+}
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -185,8 +191,8 @@ def load_hub(name: str) -> tuple[ArrayDataset, ArrayDataset]:
         raise DatasetUnavailableError(
             f"dataset '{name}' is downloaded from the Hugging Face hub ({hub_id}) and "
             f"could not be loaded: {type(err).__name__}: {err}. Run once with network "
-            f"access to cache it, or use an embedded dataset (dataset=digits or "
-            f"dataset=synthetic)."
+            f"access to cache it, or use a local dataset (dataset=digits, mnist, "
+            f"fashion_mnist or synthetic)."
         ) from err
 
     def to_arrays(split: str) -> ArrayDataset:

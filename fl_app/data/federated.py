@@ -7,11 +7,11 @@ central test set (:func:`load_central_data`):
   (:class:`fl_app.data.datasets.SyntheticClients`, one generator walk per process),
   so no process holds every client's rows; the central test set is the held-out
   rows of the first ``dataset.test_clients`` clients;
-- a pooled dataset (``digits``, hub datasets) is split by a partitioner that needs
-  every row's label, so its whole federated view is built, cached per process (a Ray
-  worker serves every client from it) and, for ``digits``, on disk
-  (:mod:`fl_app.data.cache`): the first process builds, the others and later runs
-  memory-map the result and touch only the rows they read.
+- a pooled dataset (``digits``, ``mnist``, ``fashion_mnist``, hub datasets) is
+  split by a partitioner that needs every row's label, so its whole federated view
+  is built, cached per process (a Ray worker serves every client from it) and, for
+  the local datasets, on disk (:mod:`fl_app.data.cache`): the first process builds,
+  the others and later runs memory-map the result and touch only the rows they read.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from fl_app.data.datasets import (
     load_digits,
     load_hub,
 )
+from fl_app.data.packaged import PACKAGED, load_packaged
 from fl_app.data.partitioning import partition_indices
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,14 @@ def split_rows(
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Split ``data`` at random into ``(rest, held_out)`` with ``fraction`` held out.
 
-    At least one row is held out and at least one kept when ``data`` has two or more.
+    At least one row is held out and at least one kept when ``data`` has two or more,
+    unless ``fraction`` is 0: then nothing is held out.
     """
     order = rng.permutation(len(data))
     n_out = int(round(fraction * len(data)))
     n_out = min(max(n_out, 1), len(data) - 1) if len(data) > 1 else 0
+    if fraction == 0:
+        n_out = 0
     return data.take(np.sort(order[n_out:])), data.take(np.sort(order[:n_out]))
 
 
@@ -141,6 +145,8 @@ def _build(
             train_pool, test = _stratified_split(
                 load_digits(), dataset.test_fraction, seed
             )
+        elif dataset.name in PACKAGED:  # keep their own test split
+            train_pool, test = load_packaged(dataset.name)
         else:  # hub datasets keep their own test split
             train_pool, test = load_hub(dataset.name)
         parts = partition_indices(train_pool.y, partition, num_clients, seed)

@@ -211,13 +211,13 @@ def test_invalid_config_fails_before_training(tmp_path, no_leftover_processes):
 def test_failed_flower_run_exits_nonzero_with_flowers_error(
     tmp_path, no_leftover_processes
 ):
-    # mnist comes from the hub; offline, the ServerApp fails while loading it.
+    # mnist_hub comes from the hub; offline, the ServerApp fails while loading it.
     env = {
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_HOME": str(tmp_path / "hf"),
     }
-    result = run_entry([*TINY, "num_rounds=1", "dataset=mnist"], tmp_path, env=env)
+    result = run_entry([*TINY, "num_rounds=1", "dataset=mnist_hub"], tmp_path, env=env)
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "DatasetUnavailableError" in output and "finished:failed" in output

@@ -95,11 +95,11 @@ def test_config_strategy_presets_parse(overrides, mode):
 
 
 def test_config_model_layers_match_builders():
-    from fl_app.core.config import MODEL_LAYERS
+    from fl_app.core.config import IMAGE_MODELS, MODEL_LAYERS
     from fl_app.ml.models import BUILDERS
 
     for name, builder in BUILDERS.items():
-        shape = (8, 8, 1) if name == "cnn" else (60,)
+        shape = (8, 8, 1) if name in IMAGE_MODELS else (60,)
         model = builder(shape, 10)
         named = tuple(layer.name for layer in model.layers if layer.weights)
         assert named == MODEL_LAYERS[name]

