@@ -44,15 +44,17 @@ from fl_app.core.schema import (
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "mnist_hub", "cifar10")
 HUB_DATASETS = ("mnist_hub", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "pathological", "shards", "natural")
-MODELS = ("cnn", "mlp", "softmax", "fedavg_cnn")
 IMAGE_MODELS = ("cnn", "fedavg_cnn")  # builders that need (h, w, c) input
-# Named layers of each builder in fl_app/ml/models.py (a unit test keeps them equal).
+# Each model's weighted layers, by name: the builders in fl_app/ml/models.py name
+# their layers from this table (one declaration; no TensorFlow needed to check
+# layer-name settings).
 MODEL_LAYERS = {
     "cnn": ("conv1", "conv2", "fc1", "classifier"),
     "mlp": ("fc1", "fc2", "classifier"),
     "softmax": ("classifier",),
     "fedavg_cnn": ("conv1", "conv2", "fc1", "classifier"),
 }
+MODELS = tuple(MODEL_LAYERS)
 OPTIMIZERS = ("adam", "sgd")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from fl_app.core.config import ModelConfig
+from fl_app.core.config import MODEL_LAYERS, ModelConfig
 
 keras = tf.keras
 
@@ -65,21 +65,18 @@ def build_cnn(
         raise ValueError(
             f"build_cnn needs image input (h, w, c), received {input_shape}"
         )
+    conv1, conv2, fc1, classifier = MODEL_LAYERS["cnn"]
     inputs = keras.Input(shape=input_shape, name="input")
     conv = keras.layers.Conv2D
     x = _hidden(
         inputs,
-        conv(
-            scale_units(32, width), 3, padding="same", activation="relu", name="conv1"
-        ),
+        conv(scale_units(32, width), 3, padding="same", activation="relu", name=conv1),
         width,
         scaler,
     )
     x = _hidden(
         x,
-        conv(
-            scale_units(64, width), 3, padding="same", activation="relu", name="conv2"
-        ),
+        conv(scale_units(64, width), 3, padding="same", activation="relu", name=conv2),
         width,
         scaler,
     )
@@ -87,13 +84,11 @@ def build_cnn(
     x = keras.layers.Flatten(name="flatten")(x)
     x = _hidden(
         x,
-        keras.layers.Dense(scale_units(128, width), activation="relu", name="fc1"),
+        keras.layers.Dense(scale_units(128, width), activation="relu", name=fc1),
         width,
         scaler,
     )
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
-        x
-    )
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=classifier)(x)
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -118,28 +113,23 @@ def build_fedavg_cnn(
         raise ValueError(
             f"build_fedavg_cnn needs image input (h, w, c), received {input_shape}"
         )
+    conv1, conv2, fc1, classifier = MODEL_LAYERS["fedavg_cnn"]
     inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
-    for index, filters in ((1, 32), (2, 64)):
+    for index, (name, filters) in enumerate(((conv1, 32), (conv2, 64)), start=1):
         conv = keras.layers.Conv2D(
-            scale_units(filters, width),
-            5,
-            padding="same",
-            activation="relu",
-            name=f"conv{index}",
+            scale_units(filters, width), 5, padding="same", activation="relu", name=name
         )
         x = _hidden(x, conv, width, scaler)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{index}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = _hidden(
         x,
-        keras.layers.Dense(scale_units(512, width), activation="relu", name="fc1"),
+        keras.layers.Dense(scale_units(512, width), activation="relu", name=fc1),
         width,
         scaler,
     )
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
-        x
-    )
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=classifier)(x)
     return keras.Model(inputs, outputs, name="fedavg_cnn")
 
 
@@ -154,16 +144,15 @@ def build_mlp(
     On 28x28 images this is the "2NN" of McMahan et al. (2017): 784-200-200-10,
     199,210 parameters.
     """
+    *hidden, classifier = MODEL_LAYERS["mlp"]
     inputs = keras.Input(shape=input_shape, name="input")
     x = keras.layers.Flatten(name="flatten")(inputs)
-    for name in ("fc1", "fc2"):
+    for name in hidden:
         dense = keras.layers.Dense(
             scale_units(200, width), activation="relu", name=name
         )
         x = _hidden(x, dense, width, scaler)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
-        x
-    )
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=classifier)(x)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -175,20 +164,25 @@ def build_softmax(
 ) -> keras.Model:
     """Multinomial logistic regression (no hidden layer: no width, no scaler)."""
     del width, scaler
+    (classifier,) = MODEL_LAYERS["softmax"]
     inputs = keras.Input(shape=input_shape, name="input")
     x = keras.layers.Flatten(name="flatten")(inputs)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(
-        x
-    )
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=classifier)(x)
     return keras.Model(inputs, outputs, name="softmax")
 
 
+# one builder per model the config knows (MODEL_LAYERS: its weighted layers' names)
 BUILDERS = {
     "cnn": build_cnn,
     "mlp": build_mlp,
     "softmax": build_softmax,
     "fedavg_cnn": build_fedavg_cnn,
 }
+if set(BUILDERS) != set(MODEL_LAYERS):
+    raise ImportError(
+        f"fl_app.ml.models builds {sorted(BUILDERS)} but fl_app.core.config."
+        f"MODEL_LAYERS names {sorted(MODEL_LAYERS)}: declare a new model in both"
+    )
 
 
 def build_model(
