@@ -308,7 +308,13 @@ class KerasClient(NumPyClient):
         return get_compiled_model(key, self.cfg.seed), key
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        """Return the weights of a freshly initialised model (seeded by the run)."""
+        """Return the weights of this process's compiled model for this client.
+
+        The run's seeded initial weights when the model is new in the process;
+        afterwards whatever the last local training on it left. The server never
+        asks (it initialises the global model itself); tests use it for a model's
+        shapes and a seeded start.
+        """
         return get_model_weights(get_compiled_model(self.key, self.cfg.seed), self.key)
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> FitReturn:
