@@ -116,6 +116,55 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
+class AheadGrid(InProcessGrid):
+    """An in-process grid that can push evaluation ahead, as a deployment's does.
+
+    ``exchanges``: per ``send_and_receive``, the ``(message type, round)`` of every
+    message it carried, those pushed ahead of it included.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from fl_app.server.grids import PollingGrid
+
+        self.polling = PollingGrid(_Pushing(self), 0.0)
+        self.exchanges: list[list[tuple[str, str]]] = []
+        self._carried: list[tuple[str, str]] = []
+
+    def push_ahead(self, messages: list[Message], on_replies: Any) -> None:  # noqa: D102
+        self._carried += [
+            (m.metadata.message_type, m.metadata.group_id) for m in messages
+        ]
+        self.polling.push_ahead(messages, on_replies)
+
+    def flush_ahead(self, timeout: float | None = None) -> None:  # noqa: D102
+        self.polling.flush_ahead(timeout)
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        messages = list(messages)
+        carried = self._carried + [
+            (m.metadata.message_type, m.metadata.group_id) for m in messages
+        ]
+        self._carried = []
+        self.exchanges.append(carried)
+        return self.polling.send_and_receive(messages, timeout=timeout)
+
+
+class _Pushing:
+    """The push and pull of an in-process grid, for a wrapping grid."""
+
+    def __init__(self, grid: InProcessGrid) -> None:
+        self.grid = grid
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:  # noqa: D102
+        return InProcessGrid.push_messages(self.grid, messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:  # noqa: D102
+        return InProcessGrid.pull_messages(self.grid, message_ids)
+
+
 def compose_flat(overrides: Iterable[str] = ()) -> dict[str, Any]:
     """The flat run config ``run_simulation.py`` submits for Hydra ``overrides``."""
     from hydra import compose, initialize_config_dir

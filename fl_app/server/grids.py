@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import Message
@@ -84,30 +86,89 @@ def tune_grid(grid: Grid) -> Grid:
     return grid
 
 
+# on_replies(replies, late node ids) of messages pushed ahead (PollingGrid.push_ahead)
+AheadCallback = Callable[[list[Message], list[int]], None]
+
+
+@dataclass
+class _Ahead:
+    """Messages pushed ahead of the next exchange, and what to do with the replies."""
+
+    destinations: dict[str, int]  # message id -> destination node id
+    on_replies: AheadCallback
+    replies: list[Message] = field(default_factory=list)
+
+
 class PollingGrid:
-    """A ``Grid`` whose ``send_and_receive`` pulls replies every ``interval_s``."""
+    """A ``Grid`` whose ``send_and_receive`` pulls replies every ``interval_s``.
+
+    It can also push messages *ahead* of the next exchange (:meth:`push_ahead`):
+    they travel with that exchange's messages, so a SuperNode finds both pending
+    and pays Flower's idle sleep between pulls once, not twice. Their replies are
+    handed to the ahead batch's callback before the next exchange returns.
+    """
 
     def __init__(self, grid: Grid, interval_s: float) -> None:
         self.grid = grid
         self.interval_s = interval_s
+        self.ahead: list[_Ahead] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
 
+    def push_ahead(self, messages: list[Message], on_replies: AheadCallback) -> None:
+        """Push ``messages`` now; the next exchange collects their replies.
+
+        ``on_replies(replies, late)`` runs once every reply is in, or at that
+        exchange's deadline (``late``: the nodes that did not answer), before the
+        exchange returns; :meth:`flush_ahead` collects them without an exchange.
+        """
+        ids = list(self.grid.push_messages(messages))
+        timeline.mark("server_pushed", messages=len(ids), ahead=True)
+        destinations = {
+            message_id: message.metadata.dst_node_id
+            for message_id, message in zip(ids, messages, strict=True)
+        }
+        self.ahead.append(_Ahead(destinations, on_replies))
+
+    def flush_ahead(self, timeout: float | None = None) -> None:
+        """Collect the replies of every batch pushed ahead (no exchange of its own)."""
+        self.send_and_receive([], timeout=timeout)
+
     def send_and_receive(self, messages, *, timeout: float | None = None):
-        """Push ``messages``; return the replies that arrive within ``timeout``."""
-        pending = set(self.grid.push_messages(messages))
-        timeline.mark("server_pushed", messages=len(pending))
+        """Push ``messages``; return the replies that arrive within ``timeout``.
+
+        Replies to messages pushed ahead are collected too and handed to their
+        callbacks before this returns.
+        """
+        messages = list(messages)
+        pending = set(self.grid.push_messages(messages)) if messages else set()
+        if messages:
+            timeline.mark("server_pushed", messages=len(pending))
+        batches, self.ahead = self.ahead, []
+        owner = {m: batch for batch in batches for m in batch.destinations}
+        waiting = pending | set(owner)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
-        while pending:
-            for reply in self.grid.pull_messages(pending):
-                replies.append(reply)
-                pending.discard(reply.metadata.reply_to_message_id)
+        while waiting:
+            for reply in self.grid.pull_messages(waiting):
+                answered = reply.metadata.reply_to_message_id
+                waiting.discard(answered)
+                if answered in owner:
+                    owner[answered].replies.append(reply)
+                else:
+                    replies.append(reply)
                 timeline.mark("server_pulled", node=reply.metadata.src_node_id)
-            if not pending or (deadline is not None and time.monotonic() >= deadline):
+            for batch in list(batches):  # a batch complete: its callback, now
+                if not waiting & set(batch.destinations):
+                    batches.remove(batch)
+                    batch.on_replies(batch.replies, [])
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(self.interval_s)
+        for batch in batches:  # the deadline passed: going on without the late
+            late = [n for m, n in batch.destinations.items() if m in waiting]
+            batch.on_replies(batch.replies, late)
         return replies
 
 

@@ -225,24 +225,23 @@ class ServerRun:
         return self.elapsed_before_s + time.perf_counter() - self.started
 
 
-def save_run_checkpoint(
-    run: ServerRun, wrapped: Strategy, server_round: int, weights: NDArrays
-) -> None:
-    """Write the run's state after ``server_round`` (``fl_app.core.checkpoint``)."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class RunState:
+    """What a checkpoint holds of the run, taken at one moment (:func:`run_state`)."""
+
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+def run_state(run: ServerRun, wrapped: Strategy, weights: NDArrays) -> RunState:
+    """Take the run's state now: the global model, the strategy's, the RNGs'."""
     state, strategy_arrays = run.strategy.checkpoint_state()
     rng_meta, rng_arrays = rng_state()
     meta = {
-        "run_config": dict(run.context.run_config),
-        "lineage": run.lineage,
-        "code_version": code_version(),
         "strategy": state,
         # the adaptive clipping norm of Flower's client-level DP wrappers
         "clipping_norm": getattr(wrapped, "clipping_norm", None),
         "central": {str(r): list(v) for r, v in run.central.results.items()},
-        "rows": run.recorder.rows,
-        "elapsed_s": run.elapsed_s(),
-        "resumed_from": run.resumed_from,
         "rng": rng_meta,
     }
     arrays = flatten_arrays({"global": weights})
@@ -250,8 +249,40 @@ def save_run_checkpoint(
         flatten_arrays({f"strategy/{k}": v for k, v in strategy_arrays.items()})
     )
     arrays.update(rng_arrays)
+    return RunState(meta, {k: np.array(v, copy=True) for k, v in arrays.items()})
+
+
+def save_run_checkpoint(
+    run: ServerRun,
+    wrapped: Strategy,
+    server_round: int,
+    weights: NDArrays,
+    taken: RunState | None = None,
+) -> None:
+    """Write the run's state after ``server_round`` (``fl_app.core.checkpoint``).
+
+    ``taken``: the state as :func:`run_state` took it earlier (when the round's
+    record completes only later); else it is taken now. The rows are the
+    recorder's now.
+    """
+    started = time.perf_counter()
+    if taken is None:
+        taken = run_state(run, wrapped, weights)
+    meta = {
+        "run_config": dict(run.context.run_config),
+        "lineage": run.lineage,
+        "code_version": code_version(),
+        **taken.meta,
+        "rows": run.recorder.rows,
+        "elapsed_s": run.elapsed_s(),
+        "resumed_from": run.resumed_from,
+    }
     save_checkpoint(
-        run.recorder.output_dir, server_round, arrays, meta, run.cfg.checkpoint.keep
+        run.recorder.output_dir,
+        server_round,
+        taken.arrays,
+        meta,
+        run.cfg.checkpoint.keep,
     )
     run.checkpoint_time_s += time.perf_counter() - started
 
@@ -305,14 +336,93 @@ def run_rounds(
             )
         config = ConfigRecord({Key.START_TIME: time.perf_counter()})
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = config
+        flush_ahead = getattr(grid, "flush_ahead", None)
         for server_round in range(first_round, legacy.config.num_rounds + 1):
             config[Key.CURRENT_ROUND] = server_round
             fit_step(grid, legacy)
+            if flush_ahead is not None:  # evaluation pushed ahead of a fit step
+                flush_ahead()  # that sent nothing: its replies, in round order
             default_centralized_evaluation_workflow(grid, legacy)
             evaluate_step(grid, legacy)
     finally:
         stop.set()
         thread.join()
+
+
+def evaluate_ahead(
+    grid: Grid,
+    legacy: LegacyContext,
+    server_round: int,
+    then: Callable[[RunState | None, int], None],
+    take_state: Callable[[], RunState | None],
+) -> bool:
+    """Push round ``server_round``'s evaluation ahead of the next fit step.
+
+    In a deployment (a grid with ``push_ahead``: :class:`fl_app.server.grids.
+    PollingGrid`) the evaluation of round r's model and round r+1's training start
+    from the same weights; sent together, each SuperNode finds both pending and
+    pays Flower's idle sleep between pulls (3 s) once a round, not twice. The
+    evaluation is configured here, in the order Flower's evaluate step would (the
+    same clients sampled), the run's state is taken before round r+1 is configured
+    (``take_state``: what round r's checkpoint holds), and when the replies are in
+    (before round r+1's are aggregated) they are aggregated as Flower's evaluate
+    step does and ``then(state, late)`` records the round. Returns False where it
+    cannot push ahead (simulation: Flower's simulation may run two messages of one
+    node at once, which would race on the node's state) or no client is sampled.
+    """
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.app import Message, MessageType
+    from flwr.common import Code, EvaluateRes
+
+    push_ahead = getattr(grid, "push_ahead", None)
+    if push_ahead is None:
+        return False
+    parameters = compat.arrayrecord_to_parameters(
+        legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
+    )
+    instructions = legacy.strategy.configure_evaluate(
+        server_round=server_round,
+        parameters=parameters,
+        client_manager=legacy.client_manager,
+    )
+    if not instructions:
+        return False
+    proxies = {proxy.node_id: proxy for proxy, _ in instructions}
+    messages = [
+        Message(
+            content=compat.evaluateins_to_recorddict(ins, True),
+            dst_node_id=proxy.node_id,
+            message_type=MessageType.EVALUATE,
+            group_id=str(server_round),
+        )
+        for proxy, ins in instructions
+    ]
+    taken = take_state()
+
+    def aggregate(replies: list[Message], late: list[int]) -> None:
+        results: list[tuple[Any, EvaluateRes]] = []
+        failures: list[Any] = []
+        for reply in replies:
+            if reply.has_content():
+                proxy = proxies[reply.metadata.src_node_id]
+                res = compat.recorddict_to_evaluateres(reply.content)
+                (results if res.status.code == Code.OK else failures).append(
+                    (proxy, res)
+                )
+            else:
+                failures.append(Exception(reply.error))
+        if late:
+            log.warning(
+                "node(s) %s did not reply to round %d's evaluation in time; going on "
+                "without them",
+                late,
+                server_round,
+            )
+        legacy.strategy.aggregate_evaluate(server_round, results, failures)
+        then(taken, len(late))
+
+    push_ahead(messages, aggregate)
+    return True
 
 
 def rounds_workflow(run: ServerRun) -> NDArrays:
@@ -331,17 +441,33 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
     # a run that cannot be resumed (e.g. a phase before its rounds): no checkpoints
     every = cfg.checkpoint.every if unresumable(cfg) is None else 0
 
+    def record(
+        server_round: int,
+        weights: NDArrays,
+        taken: RunState | None = None,
+        late: int = 0,
+    ) -> None:
+        row = strategy.pop_round_record(server_round)
+        row["num_timeouts"] = (grid.pop_timeouts() if grid is not None else 0) + late
+        run.recorder.write_round(round_row(cfg, row))
+        if every and (server_round % every == 0 or server_round == cfg.num_rounds):
+            save_run_checkpoint(run, wrapped, server_round, weights, taken)
+
     def evaluate_and_record(grid_: Grid, legacy: Context) -> None:
-        default_evaluate_workflow(grid_, legacy)
         server_round = cast(
             int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
         )
-        row = strategy.pop_round_record(server_round)
-        row["num_timeouts"] = grid.pop_timeouts() if grid is not None else 0
-        run.recorder.write_round(round_row(cfg, row))
-        if every and (server_round % every == 0 or server_round == cfg.num_rounds):
-            weights = legacy.state.array_records[MAIN_PARAMS_RECORD]
-            save_run_checkpoint(run, wrapped, server_round, weights.to_numpy_ndarrays())
+        weights = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+        if server_round < cfg.num_rounds and evaluate_ahead(
+            grid_,
+            legacy,
+            server_round,
+            lambda taken, late: record(server_round, weights, taken, late),
+            lambda: run_state(run, wrapped, weights) if every else None,
+        ):
+            return  # recorded when the next fit step has the replies
+        default_evaluate_workflow(grid_, legacy)
+        record(server_round, weights)
 
     legacy = LegacyContext(
         context=run.context,

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from fl_app.core.results import read_rows
-from tests.inprocess import InProcessGrid, run_in_process
+from tests.inprocess import AheadGrid, InProcessGrid, run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +161,57 @@ def test_resume_alone_finishes_at_the_checkpoints_round_count(tmp_path):
         submitted={"resume", "output-dir", "num-rounds"},
     )
     assert [r["round"] for r in read_rows(out)] == [1, 2, 3, 4, 5]
+
+
+def without_times(rows):
+    timing = ("_s", "_time")
+    return [{k: v for k, v in row.items() if not k.endswith(timing)} for row in rows]
+
+
+def test_evaluation_pushed_ahead_of_the_next_fit_changes_no_record(tmp_path):
+    # Prepare: APFL (each client's personal model lives in its node state, and the
+    # personalized evaluation reads it), once as in simulation, once as in a
+    # deployment, where round r's evaluation travels with round r+1's training
+    overrides = [*BASE, "num_rounds=3", "strategy=apfl"]
+    run_in_process(overrides, tmp_path / "plain")
+    grid = run_in_process(overrides, tmp_path / "ahead", grid_class=AheadGrid)
+    # Assert: the same records (every figure and count), and each fit exchange
+    # after the first carried the previous round's evaluation
+    plain, ahead = read_rows(tmp_path / "plain"), read_rows(tmp_path / "ahead")
+    assert without_times(ahead) == without_times(plain)
+    carried = [sorted(set(e)) for e in grid.exchanges if ("train", "1") not in e]
+    trains = [e for e in carried if any(kind == "train" for kind, _ in e)]
+    assert trains == [
+        [("evaluate", "1"), ("train", "2")],
+        [("evaluate", "2"), ("train", "3")],
+    ]
+    assert [("evaluate", "3")] in carried  # the last round's, on its own
+
+
+def test_a_run_pushing_evaluation_ahead_resumes_bit_equal(tmp_path):
+    # killed in round 3's fit exchange, which carried round 2's evaluation: the
+    # checkpoint of round 2 (its state taken before round 3 was configured) is
+    # written once that evaluation's replies are in
+    overrides = [*BASE, "num_rounds=3", "strategy=apfl"]
+    run_in_process(overrides, tmp_path / "whole")
+
+    class KilledAhead(AheadGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if any(
+                m.metadata.group_id == "3" and m.metadata.message_type == "train"
+                for m in messages
+            ):
+                super().send_and_receive(messages, timeout=timeout)
+                raise Killed  # the clients trained; their replies are lost
+            return super().send_and_receive(messages, timeout=timeout)
+
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        run_in_process(overrides, out, grid_class=KilledAhead)
+    run_in_process([*overrides, f"resume={out}"], out, grid_class=AheadGrid)
+    resumed, whole = read_rows(out), read_rows(tmp_path / "whole")
+    assert [r["round"] for r in resumed] == [1, 2, 3]
+    assert figures(resumed) == figures(whole)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] == [2]
