@@ -373,6 +373,46 @@ def _run_status(link: SuperLinkConnection, run_id: int) -> tuple[str, str]:
         ) from err
 
 
+def federation_config(
+    num_supernodes: int,
+    client_num_cpus: int = 1,
+    client_num_gpus: float = 0.0,
+    backend_num_cpus: int | None = None,
+    ray_address: str | None = None,
+) -> str:
+    """Return Flower's ``--federation-config`` for a simulation (checked).
+
+    CPUs per client are whole (Flower's ``client-resources-num-cpus`` is an
+    integer); GPUs may be a fraction. A Ray cluster has its own resources, so
+    ``backend_num_cpus`` (Ray's ``init-args-num-cpus``) is refused with
+    ``ray_address``: Ray refuses ``num_cpus`` when joining a cluster.
+    """
+    if isinstance(client_num_cpus, bool) or not (
+        isinstance(client_num_cpus, int) and client_num_cpus >= 1
+    ):
+        raise ValueError(
+            f"client_num_cpus={client_num_cpus!r}: a whole number >= 1 (Flower's "
+            "federation config takes whole CPUs; share GPUs with client_num_gpus)"
+        )
+    if isinstance(client_num_gpus, bool) or not (
+        isinstance(client_num_gpus, int | float) and client_num_gpus >= 0
+    ):
+        raise ValueError(f"client_num_gpus={client_num_gpus!r}: a number >= 0")
+    if ray_address and backend_num_cpus is not None:
+        raise ValueError(
+            "backend_num_cpus with ray_address: a Ray cluster has its own "
+            "resources (Ray refuses num_cpus when joining one)"
+        )
+    federation = (
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}"
+    )
+    if client_num_gpus:
+        federation += f" client-resources-num-gpus={float(client_num_gpus)}"
+    if backend_num_cpus is not None:
+        federation += f" init-args-num-cpus={backend_num_cpus}"
+    return federation
+
+
 def run_simulation(
     run_config: Mapping[str, Any],
     *,
@@ -425,37 +465,17 @@ def run_simulation(
         When the run cannot be started, fails, or times out; the message holds
         Flower's error and the end of the run's log.
     """
-    if isinstance(client_num_cpus, bool) or not (
-        isinstance(client_num_cpus, int) and client_num_cpus >= 1
-    ):
-        raise ValueError(
-            f"client_num_cpus={client_num_cpus!r}: a whole number >= 1 (Flower's "
-            "federation config takes whole CPUs; share GPUs with client_num_gpus)"
-        )
-    if isinstance(client_num_gpus, bool) or not (
-        isinstance(client_num_gpus, int | float) and client_num_gpus >= 0
-    ):
-        raise ValueError(f"client_num_gpus={client_num_gpus!r}: a number >= 0")
-    federation = (
-        f"num-supernodes={num_supernodes} client-resources-num-cpus={client_num_cpus}"
+    federation = federation_config(
+        num_supernodes, client_num_cpus, client_num_gpus, backend_num_cpus, ray_address
     )
-    if client_num_gpus:
-        federation += f" client-resources-num-gpus={float(client_num_gpus)}"
     env: dict[str, str] = {}
     if ray_address:
-        if backend_num_cpus is not None:
-            raise ValueError(
-                "backend_num_cpus with ray_address: a Ray cluster has its own "
-                "resources (Ray refuses num_cpus when joining one)"
-            )
         from fl_app.deploy.cluster import check_cluster
 
         check_cluster(ray_address, run_config)
         env["RAY_ADDRESS"] = ray_address  # Flower's ray.init() joins the cluster
         data = None  # each node built the run's data in the check
     else:
-        if backend_num_cpus is not None:
-            federation += f" init-args-num-cpus={backend_num_cpus}"
         data = _prepare_data(run_config)
     try:
         with LocalSuperLink(env=env) as link:
