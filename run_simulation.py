@@ -143,6 +143,9 @@ def main(cfg: DictConfig) -> float:
     except (FlowerRunError, ClusterError) as err:
         log.error("%s", err)
         sys.exit(1)
+    except ValueError as err:  # a simulation setting Flower or Ray would refuse
+        log.error("invalid simulation setting: %s", err)
+        sys.exit(2)
 
     summary = outcome.summary
     log.info(
