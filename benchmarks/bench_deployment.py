@@ -171,6 +171,20 @@ def figures(output_dir: Path, summary: dict) -> dict:
     }
 
 
+# name -> (run config overrides, TLS and SuperNode authentication)
+VARIANTS = {
+    "deployment": ({}, False),
+    "deployment_fed_eval": ({"evaluate-clients-per-round": 2}, False),
+    # the same, each round's evaluation in an exchange of its own (as before
+    # evaluate-ahead): two SuperNode waits a round
+    "deployment_fed_eval_separate": (
+        {"evaluate-clients-per-round": 2, "evaluate-ahead": False},
+        False,
+    ),
+    "deployment_tls_auth": ({}, True),
+}
+
+
 def run_deployment(name: str, tmp: Path, extra: dict, credentials, warm: bool) -> dict:
     """One deployment run of a variant; its figures, breakdown and worker memory."""
     label = f"{name}_{'warm' if warm else 'cold'}"
@@ -204,19 +218,26 @@ def run_deployment(name: str, tmp: Path, extra: dict, credentials, warm: bool) -
 def main() -> None:
     """Run every variant cold and warm, then the simulation; write the figures."""
     parser = bench_parser(__doc__, rounds=None)
+    parser.add_argument(
+        "--only", default=",".join(VARIANTS), help="variants to run (comma list)"
+    )
+    parser.add_argument(
+        "--paths", default="cold,warm", help="cold, warm or both (comma list)"
+    )
     args = parser.parse_args()
+    names, paths = args.only.split(","), args.paths.split(",")
+    unknown = sorted(set(names) - set(VARIANTS)) + sorted(set(paths) - {"cold", "warm"})
+    if unknown:
+        parser.error(f"unknown variant(s) or path(s): {', '.join(unknown)}")
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         tmp = Path(tmp)
-        variants = {
-            "deployment": ({}, None),
-            "deployment_fed_eval": ({"evaluate-clients-per-round": 2}, None),
-            "deployment_tls_auth": ({}, make_credentials(tmp / "certs", 2)),
-        }
-        for name, (extra, creds) in variants.items():
+        for name in names:
+            extra, tls = VARIANTS[name]
+            creds = make_credentials(tmp / "certs", 2) if tls else None
             runs[name] = {
                 path: run_deployment(name, tmp, extra, creds, warm=path == "warm")
-                for path in ("cold", "warm")
+                for path in paths
             }
         outcome = run_simulation(
             CONFIG,
@@ -227,33 +248,48 @@ def main() -> None:
         simulation = figures(outcome.output_dir, outcome.summary)
     sim_s = simulation["steady_round_s"]
     result: dict = {"variants": {}, "simulation": simulation}
-    for name, paths in runs.items():
-        cold, warm = paths["cold"]["steady_round_s"], paths["warm"]["steady_round_s"]
+    for name, by_path in runs.items():
+        steady = {path: r["steady_round_s"] for path, r in by_path.items()}
         result["variants"][name] = {
-            "warm_speedup": cold / warm,
-            "ratio_vs_simulation": {"cold": cold / sim_s, "warm": warm / sim_s},
-            **paths,
+            **(
+                {"warm_speedup": steady["cold"] / steady["warm"]}
+                if len(steady) == 2
+                else {}
+            ),
+            "ratio_vs_simulation": {p: s / sim_s for p, s in steady.items()},
+            **by_path,
         }
     result["warm_speedup"] = {
-        name: v["warm_speedup"] for name, v in result["variants"].items()
+        name: v["warm_speedup"]
+        for name, v in result["variants"].items()
+        if "warm_speedup" in v
     }
+    if {"deployment", "deployment_fed_eval"} <= set(runs) and "warm" in paths:
+        # what federated evaluation adds to a warm round (evaluation pushed ahead)
+        result["fed_eval_over_plain_warm"] = (
+            runs["deployment_fed_eval"]["warm"]["steady_round_s"]
+            / runs["deployment"]["warm"]["steady_round_s"]
+        )
     write_json(args.out, result)
     print(f"simulation             steady {sim_s:6.2f}s")
     for name, v in result["variants"].items():
-        for path in ("cold", "warm"):
+        for path in paths:
             r = v[path]
             print(
                 f"{name:22s} {path}  first {r['first_round_s']:6.2f}s  steady "
                 f"{r['steady_round_s']:6.2f}s  acc {r['final_accuracy']:.4f}  "
                 f"x{v['ratio_vs_simulation'][path]:.1f} simulation"
             )
-        print(f"{name:22s} warm_speedup {v['warm_speedup']:.2f}")
-        for path in ("cold", "warm"):
+        if "warm_speedup" in v:
+            print(f"{name:22s} warm_speedup {v['warm_speedup']:.2f}")
+        for path in paths:
             segments = v[path]["breakdown"]["segments_s"]
             print(f"  {path} breakdown (node 0, median of steady messages):")
             for segment, seconds in segments.items():
                 if seconds is not None:
                     print(f"    {seconds:6.3f}s  {segment}")
+    if "fed_eval_over_plain_warm" in result:
+        print(f"fed eval / plain, warm: {result['fed_eval_over_plain_warm']:.2f}")
     print(f"-> {args.out}")
 
 

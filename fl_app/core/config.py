@@ -412,6 +412,11 @@ class RunConfig:
     # (fl_app.deploy.warm_worker) that exits after this many idle seconds (0: never)
     warm_worker: bool = setting(True)
     warm_worker_idle_s: float = setting(600.0, ">= 0 seconds (0: never)", non_negative)
+    evaluate_ahead: bool = setting(
+        True,
+        help="deployment: send round r's federated evaluation with round r+1's "
+        "training, one SuperNode wait a round instead of two (simulation: never)",
+    )
     checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoint")
     dataset: DatasetConfig = section(DatasetConfig, "dataset")
     partition: PartitionConfig = section(PartitionConfig, "partition")

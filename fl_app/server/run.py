@@ -458,12 +458,16 @@ def rounds_workflow(run: ServerRun) -> NDArrays:
             int, legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
         )
         weights = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
-        if server_round < cfg.num_rounds and evaluate_ahead(
-            grid_,
-            legacy,
-            server_round,
-            lambda taken, late: record(server_round, weights, taken, late),
-            lambda: run_state(run, wrapped, weights) if every else None,
+        if (
+            cfg.evaluate_ahead
+            and server_round < cfg.num_rounds
+            and evaluate_ahead(
+                grid_,
+                legacy,
+                server_round,
+                lambda taken, late: record(server_round, weights, taken, late),
+                lambda: run_state(run, wrapped, weights) if every else None,
+            )
         ):
             return  # recorded when the next fit step has the replies
         default_evaluate_workflow(grid_, legacy)

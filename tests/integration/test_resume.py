@@ -173,7 +173,9 @@ def test_evaluation_pushed_ahead_of_the_next_fit_changes_no_record(tmp_path):
     # personalized evaluation reads it), once as in simulation, once as in a
     # deployment, where round r's evaluation travels with round r+1's training
     overrides = [*BASE, "num_rounds=3", "strategy=apfl"]
-    run_in_process(overrides, tmp_path / "plain")
+    separate = run_in_process(
+        [*overrides, "evaluate_ahead=false"], tmp_path / "plain", grid_class=AheadGrid
+    )
     grid = run_in_process(overrides, tmp_path / "ahead", grid_class=AheadGrid)
     # Assert: the same records (every figure and count), and each fit exchange
     # after the first carried the previous round's evaluation
@@ -186,6 +188,14 @@ def test_evaluation_pushed_ahead_of_the_next_fit_changes_no_record(tmp_path):
         [("evaluate", "2"), ("train", "3")],
     ]
     assert [("evaluate", "3")] in carried  # the last round's, on its own
+    # evaluate-ahead off: every evaluation in an exchange of its own
+    alone = [sorted(set(e)) for e in separate.exchanges]
+    assert all(
+        ("evaluate", str(r)) not in e or len(e) == 1 for e in alone for r in (1, 2, 3)
+    )
+    assert [[("evaluate", str(r))] for r in (1, 2, 3)] == [
+        e for e in alone if e and e[0][0] == "evaluate"
+    ]
 
 
 def test_a_run_pushing_evaluation_ahead_resumes_bit_equal(tmp_path):
