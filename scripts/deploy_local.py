@@ -2,6 +2,7 @@
 
     uv run python scripts/deploy_local.py --nodes 2                  # insecure
     uv run python scripts/deploy_local.py --nodes 2 --tls certs --auth
+    uv run python scripts/deploy_local.py --tls certs --auth --superlink-host localhost
     uv run python scripts/deploy_local.py --data-path a.npz --data-path b.npz
 
 Each SuperNode gets ``partition-id=i num-partitions=N`` of the run's dataset, or, with
@@ -9,8 +10,10 @@ Each SuperNode gets ``partition-id=i num-partitions=N`` of the run's dataset, or
 ``x_test``, ``y_test``). ``--tls DIR`` uses (and, if missing, creates) the files of
 ``scripts/make_credentials.py``; ``--auth`` enables SuperNode authentication and
 registers every node's public key (``--unregistered K`` leaves the last K out, to see
-them refused). The script prints how to submit runs, then waits; Ctrl-C (or SIGTERM)
-stops every process it started.
+them refused). ``--superlink-host NAME`` has the SuperNodes dial the SuperLink by
+``NAME`` instead of 127.0.0.1 (with ``--tls``, a name its certificate holds), as
+SuperNodes on other hosts dial its host name (docs/deployment.md). The script prints
+how to submit runs, then waits; Ctrl-C (or SIGTERM) stops every process it started.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ def main() -> None:
     parser.add_argument("--auth", action="store_true")
     parser.add_argument("--unregistered", type=int, default=0)
     parser.add_argument(
+        "--superlink-host",
+        default="127.0.0.1",
+        metavar="NAME",
+        help="the name the SuperNodes dial the SuperLink by (default: 127.0.0.1)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path("outputs/node-state"),
@@ -77,13 +86,18 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalDeployment(
-        node_configs, credentials=creds, authenticate=args.auth, register=register
+        node_configs,
+        credentials=creds,
+        authenticate=args.auth,
+        register=register,
+        superlink_host=args.superlink_host,
     ) as deployment:
         link = deployment.link
         certs = f" simulation.root_certificates={creds.ca_cert}" if creds else ""
         print(
             f"SuperLink at {link.address} ({'TLS' if creds else 'insecure'}"
-            f"{', node authentication' if args.auth else ''}); "
+            f"{', node authentication' if args.auth else ''}; SuperNodes dial "
+            f"{deployment.superlink_address(0) if nodes else '-'}); "
             f"{deployment.online_nodes()} SuperNode(s) online.\n"
             f"Submit with Hydra:\n  uv run python run_simulation.py "
             f"simulation=deployment simulation.address={link.address}{certs} "

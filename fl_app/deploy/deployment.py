@@ -1,12 +1,14 @@
 """A real Flower deployment on this machine: one SuperLink, N SuperNodes.
 
 :func:`make_credentials` writes a private CA, a SuperLink server certificate (for
-``localhost`` and ``127.0.0.1``) and one ECDSA key pair per SuperNode for Flower's
-SuperNode authentication, with Python's ``cryptography`` (a Flower dependency; no
-``openssl`` binary needed). :class:`LocalDeployment` starts a non-simulation
-SuperLink (TLS and node authentication optional), registers the SuperNodes' public
-keys with ``flwr supernode register``, starts each ``flower-supernode`` in its own
-process group with its node config, and stops them all on exit.
+``localhost``, ``127.0.0.1`` and any other names the SuperLink is reached by) and one
+ECDSA key pair per SuperNode for Flower's SuperNode authentication, with Python's
+``cryptography`` (a Flower dependency; no ``openssl`` binary needed).
+:class:`LocalDeployment` starts a non-simulation SuperLink (TLS and node
+authentication optional), registers the SuperNodes' public keys with
+``flwr supernode register``, starts each ``flower-supernode`` in its own process
+group with its node config (dialing the SuperLink by ``127.0.0.1`` or by another
+name for it, such as ``localhost``), and stops them all on exit.
 
 Each SuperNode holds its own data through its node config: ``partition-id`` and
 ``num-partitions`` (a partition of the run's dataset) or ``data-path`` (an ``.npz``
@@ -33,6 +35,13 @@ from fl_app.deploy.processes import flwr_tool, free_port, stop_group
 
 log = logging.getLogger(__name__)
 
+# Names every SuperLink certificate carries: a SuperLink started with
+# ``--host 0.0.0.0`` has its own SuperExec (which starts the ServerApps) connect to
+# it at 127.0.0.1 over TLS (flwr 1.42: ``resolve_bind_address`` in
+# ``flwr/supercore/address.py``); with a certificate that lacks 127.0.0.1 that
+# SuperExec fails on every attempt ("certificate is not valid for '127.0.0.1'").
+LOCAL_NAMES = ("localhost", "127.0.0.1")
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -47,10 +56,24 @@ class Credentials:
 def make_credentials(
     directory: Path,
     num_nodes: int,
-    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    hosts: Sequence[str] = (),
     days: int = 365,
 ) -> Credentials:
-    """Write a CA, a server certificate for ``hosts`` and ``num_nodes`` node keys.
+    """Write a CA, a SuperLink server certificate and ``num_nodes`` node keys.
+
+    Parameters
+    ----------
+    directory : Path
+        Where the files go (created if missing); files already there are replaced.
+    num_nodes : int
+        How many SuperNode key pairs to write (``supernode-<i>``, ``.pub``).
+    hosts : Sequence[str]
+        The names (DNS names or IP addresses) SuperNodes and ``flwr`` users reach the
+        SuperLink by, such as ``superlink.example.org`` or ``10.1.2.3``. The
+        certificate is valid for these and for :data:`LOCAL_NAMES`, which the
+        SuperLink needs for itself; the first one is its common name.
+    days : int
+        How long the CA and the certificate are valid.
 
     Node keys are ECDSA (P-384) in OpenSSH format, as ``ssh-keygen -t ecdsa -b 384``
     writes them and Flower's SuperNode authentication reads them.
@@ -87,8 +110,9 @@ def make_credentials(
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
+    names = list(dict.fromkeys([*hosts, *LOCAL_NAMES]))  # in order, once each
     alt_names: list[x509.GeneralName] = []
-    for host in hosts:
+    for host in names:
         try:
             alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -96,7 +120,7 @@ def make_credentials(
     server_key = ec.generate_private_key(ec.SECP384R1())
     server = (
         x509.CertificateBuilder()
-        .subject_name(name(hosts[0]))
+        .subject_name(name(names[0]))
         .issuer_name(ca.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
@@ -159,6 +183,12 @@ class LocalDeployment:
         Enable SuperNode authentication and register the nodes' public keys.
     register : Sequence[bool] | None
         Which nodes to register (default: all); an unregistered node is refused.
+    superlink_host : str | Sequence[str]
+        The name the SuperNodes dial the SuperLink by (``--superlink HOST:PORT``),
+        one for all or one per node: ``127.0.0.1`` (the address the SuperLink
+        listens on) or another name for this machine such as ``localhost``, as a
+        SuperNode on another host dials the SuperLink's host name. With TLS, each
+        must be a name the server certificate holds.
     """
 
     def __init__(
@@ -168,6 +198,7 @@ class LocalDeployment:
         credentials: Credentials | None = None,
         authenticate: bool = False,
         register: Sequence[bool] | None = None,
+        superlink_host: str | Sequence[str] = "127.0.0.1",
         startup_timeout_s: float = 120.0,
     ) -> None:
         if authenticate and credentials is None:
@@ -177,6 +208,17 @@ class LocalDeployment:
                 f"{len(node_configs)} SuperNodes but keys for "
                 f"{len(credentials.node_keys)}"
             )
+        hosts = (
+            [superlink_host] * len(node_configs)
+            if isinstance(superlink_host, str)
+            else list(superlink_host)
+        )
+        if len(hosts) != len(node_configs):
+            raise ValueError(
+                f"superlink_host: {len(hosts)} hosts for {len(node_configs)} "
+                "SuperNodes; give one for all or one per node"
+            )
+        self.superlink_hosts = hosts
         self.node_configs = list(node_configs)
         self.credentials = credentials
         self.authenticate = authenticate
@@ -217,11 +259,15 @@ class LocalDeployment:
         """Return the log file of SuperNode ``index``."""
         return self.link.home / f"supernode-{index}.log"
 
+    def superlink_address(self, index: int) -> str:
+        """Return the ``host:port`` SuperNode ``index`` dials."""
+        return f"{self.superlink_hosts[index]}:{self.link.port}"
+
     def _start_node(self, index: int) -> subprocess.Popen[bytes]:
         command = [
             flwr_tool("flower-supernode"),
             "--superlink",
-            self.link.address,
+            self.superlink_address(index),
             "--node-config",
             node_config_string(self.node_configs[index]),
             "--port",

@@ -1,8 +1,10 @@
 """A real deployment on localhost: SuperLink + SuperNodes, TLS, node authentication.
 
 One deployment, everything a secure deployment must survive at once: TLS on every
-connection, an unregistered SuperNode refused, a node that brings its own data file,
-split training (many messages per round, each a fresh ClientApp process), then a
+connection, SuperNodes and the ``flwr`` user reaching the SuperLink by a host name
+(``localhost``, as nodes on other hosts dial its name) and by its IP address
+(``127.0.0.1``), an unregistered SuperNode refused, a node that brings its own data
+file, split training (many messages per round, each a fresh ClientApp process), then a
 run in which a node's warm worker is killed while it trains and a node dies in the
 middle of a round. One deployment for both runs keeps the suite's time: the split
 run starts the nodes' warm workers, which the second run finds warm.
@@ -28,6 +30,9 @@ from tests.integration.conftest import run_entry
 pytestmark = pytest.mark.slow
 
 KILLED, REFUSED = 2, 3
+# the name each node dials the SuperLink by: the file node its IP address, the
+# others a host name that the server certificate holds
+HOSTS = ["localhost", "127.0.0.1", "localhost", "localhost"]
 
 
 def worker_killer(
@@ -91,12 +96,20 @@ def test_tls_authenticated_deployment_split_training_and_killed_nodes_and_worker
     monkeypatch.setenv("FL_DNN_TIMELINE", str(timeline))
     monkeypatch.setenv("FL_DNN_WORKER_DIR", str(workers))
     with LocalDeployment(
-        nodes, credentials=creds, authenticate=True, register=[True, True, True, False]
+        nodes,
+        credentials=creds,
+        authenticate=True,
+        register=[True, True, True, False],
+        superlink_host=HOSTS,
     ) as deployment:
-        address = [
-            f"simulation.address={deployment.link.address}",
-            f"simulation.root_certificates={creds.ca_cert}",
+        port = deployment.link.port
+        dialed = [
+            node.args[node.args.index("--superlink") + 1] for node in deployment.nodes
         ]
+        assert dialed == [f"{host}:{port}" for host in HOSTS]
+        certificates = f"simulation.root_certificates={creds.ca_cert}"
+        # the split run is submitted to 127.0.0.1, the second run to localhost
+        address = [f"simulation.address=127.0.0.1:{port}", certificates]
         # 1. split training: each message a fresh ClientApp process handing it to
         # the node's worker; the round's client part, optimizer and batch order
         # cross between messages in the node state only
@@ -132,8 +145,9 @@ def test_tls_authenticated_deployment_split_training_and_killed_nodes_and_worker
 
         # the Hydra entry submits to the deployment over TLS (while the unregistered
         # SuperNode retries: its refusal is checked after the run)
+        by_name = [f"simulation.address=localhost:{port}", certificates]
         result = run_entry(
-            [connect[0], *address, *overrides], tmp_path, on_line=on_line
+            [connect[0], *by_name, *overrides], tmp_path, on_line=on_line
         )
         assert result.returncode == 0, result.stdout
         # the unregistered SuperNode is refused and gives up; the two left serve
