@@ -3,14 +3,18 @@
 A client is composed of parts, each chosen from the run config:
 
 - the data source (:func:`fl_app.client.node_data.client_data`): a partition of the
-run's dataset, or the
-  SuperNode's own file;
-- the transport (:class:`Transport`): how arrays cross the wire (download decoding,
-  upload delta, error feedback and codec);
-- the local training (:class:`LocalTraining`): plain, DP-SGD or personalized,
-  picked by :func:`local_training_for`. Client techniques such as FedProx
+  run's dataset, or the SuperNode's own file; then the data hooks features register
+  (:func:`register_client_data`: label-flipping attackers, synthetic rows);
+- the transport (:class:`Transport`): how arrays cross the wire, as they are unless
+  a feature registers another (:func:`register_transport`: compression's codecs);
+- the local training (:class:`LocalTraining`): plain, or one a feature registers
+  (:func:`register_local_training`: DP-SGD, personalized), picked by
+  :func:`local_training_for`. Client techniques such as FedProx
   (:mod:`fl_app.core.techniques`) hook into whichever of these runs, so they need no
   class of their own here.
+
+Features' client parts (``fl_app/features/<name>/client.py``) fill these registries;
+:func:`load_client_parts` imports them by the index's name, never one feature.
 """
 
 from __future__ import annotations
