@@ -214,7 +214,10 @@ def plot(rows: list[dict], path: Path) -> None:
         )
         if dp:
             line = ax.plot(
-                [r["epsilon"] for r in dp], [r["accuracy"] for r in dp], style, label=label
+                [r["epsilon"] for r in dp],
+                [r["accuracy"] for r in dp],
+                style,
+                label=label,
             )[0]
             for r in rows:
                 if r["cell"].startswith(prefix) and r["kind"] == "non-dp":

@@ -81,9 +81,7 @@ class ServerMomentum(Strategy):
     def clipping_norm(self, value: float) -> None:
         self.strategy.clipping_norm = value  # type: ignore[attr-defined]
 
-    def initialize_parameters(
-        self, client_manager: ClientManager
-    ) -> Parameters | None:
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """Delegate to the wrapped strategy."""
         return self.strategy.initialize_parameters(client_manager)
 
@@ -101,9 +99,7 @@ class ServerMomentum(Strategy):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Take the wrapped strategy's weights as a proposal; step towards them."""
-        proposed, metrics = self.strategy.aggregate_fit(
-            server_round, results, failures
-        )
+        proposed, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         if proposed is None or self._current is None:
             return proposed, metrics
         weights, self.velocity = momentum_step(
