@@ -15,11 +15,14 @@ summary (the accountant the run used), never recomputed here.
 
     uv run python benchmarks/bench_privacy_mnist.py --out FILE [--only NAME]
     uv run python benchmarks/bench_privacy_mnist.py --out FILE --plot PNG --no-run
+    uv run python benchmarks/bench_privacy_mnist.py --out FILE --no-run --step-timing 64
 
 FILE keeps one row per cell (a later invocation replaces its cells' rows and keeps
 the others): cell, kind, epsilon, delta, accuracy, rounds run, wall_time_s, and the
 cell's settings; ``targets`` compares the best rows with the issue's thresholds.
-``--plot`` draws accuracy against ε for the rows, with the tutorial's figures.
+``--plot`` draws accuracy against ε for the rows, with the tutorial's figures;
+``--step-timing`` adds ``step_timing`` (seconds per DP-SGD step of the tutorial CNN
+without DP, with ``DPKerasSGDOptimizer`` and with its vectorized sibling).
 """
 
 from __future__ import annotations
@@ -231,6 +234,45 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def time_steps(batch: int, steps: int = 4) -> dict:
+    """Seconds per training step of ``dp_cnn``: no DP, and both DP-SGD optimizers.
+
+    The same fixed batch of random images each step; the first step (tracing) is
+    reported apart, the figure is the median of the next ``steps``.
+    """
+    import statistics
+
+    import numpy as np
+
+    from fl_app.core.config import ModelConfig
+    from fl_app.features.privacy.dpsgd import dp_optimizer
+    from fl_app.features.privacy.settings import DpSgdConfig
+    from fl_app.ml.models import build_model, keras
+
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    out = {}
+    for name, vectorized in (("non_dp", None), ("plain", False), ("vectorized", True)):
+        model = build_model(ModelConfig("dp_cnn", 1.0), (28, 28, 1), 10)
+        if vectorized is None:
+            optimizer = keras.optimizers.legacy.SGD(0.1)
+            reduction = keras.losses.Reduction.AUTO
+        else:
+            optimizer = dp_optimizer(DpSgdConfig("sgd", vectorized=vectorized), 0.1)
+            reduction = keras.losses.Reduction.NONE
+        loss = keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
+        model.compile(optimizer=optimizer, loss=loss)
+        times = []
+        for _ in range(steps + 1):
+            started = time.perf_counter()
+            model.train_on_batch(x, y)
+            times.append(time.perf_counter() - started)
+        out[name] = {"first_step_s": times[0], "step_s": statistics.median(times[1:])}
+        print(f"{name:10s} batch {batch}: {out[name]['step_s']:.3f} s/step", flush=True)
+    return {"batch": batch, **out}
+
+
 def main() -> None:
     parser = bench_parser(__doc__, rounds=None)
     parser.add_argument("--only", choices=sorted(CELLS), help="run only this cell")
@@ -238,10 +280,20 @@ def main() -> None:
     parser.add_argument(
         "--no-run", action="store_true", help="run nothing (re-summarize, plot)"
     )
+    parser.add_argument(
+        "--step-timing",
+        type=int,
+        metavar="BATCH",
+        help="also time dp_cnn's steps at this batch size (no DP, plain, vectorized)",
+    )
     args = parser.parse_args()
     rows: list[dict] = []
+    timing = None
     if args.out.exists():
-        rows = json.loads(args.out.read_text())["rows"]
+        previous = json.loads(args.out.read_text())
+        rows, timing = previous["rows"], previous.get("step_timing")
+    if args.step_timing:
+        timing = time_steps(args.step_timing)
     names = [] if args.no_run else [args.only] if args.only else list(CELLS)
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         for name in names:
@@ -252,8 +304,8 @@ def main() -> None:
                 f"{row['wall_time_s']:.0f} s",
                 flush=True,
             )
-            write_json(args.out, summarize(rows))  # after every cell
-    write_json(args.out, summarize(rows))
+            write_json(args.out, {**summarize(rows), "step_timing": timing})
+    write_json(args.out, {**summarize(rows), "step_timing": timing})
     if args.plot:
         plot(rows, args.plot)
 
