@@ -147,7 +147,8 @@ def build_dp_cnn(
     (26,010 parameters on 28x28x1 images), as in ``tutorials/
     mnist_dpsgd_tutorial_keras.py`` of https://github.com/tensorflow/privacy (that
     model ends in logits; this one ends in a softmax like every builder here).
-    Widths at 1: 16, 32, 32; ``scaler`` as in :func:`build_cnn`.
+    Widths at 1: 16, 32, 32; ``scaler`` as in :func:`build_cnn`. On images too small
+    for the second convolution unpadded (``digits``' 8x8) it pads ``same``.
     """
     if len(input_shape) != 3:
         raise ValueError(
@@ -158,6 +159,8 @@ def build_dp_cnn(
     x = inputs
     convs = ((conv1, 16, 8, "same"), (conv2, 32, 4, "valid"))
     for index, (name, filters, size, padding) in enumerate(convs, start=1):
+        if padding == "valid" and min(x.shape[1:3]) < size:
+            padding = "same"  # too small for a valid convolution (8x8 digits)
         conv = keras.layers.Conv2D(
             scale_units(filters, width),
             size,
