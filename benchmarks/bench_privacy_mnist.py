@@ -208,8 +208,8 @@ def plot(rows: list[dict], path: Path) -> None:
     )
     for prefix, style, label in (
         ("dpsgd_", "o-", "record-level DP-SGD, 10 clients"),
-        ("clientdp_1000_", "s-", "client-level DP, N=1,000"),
-        ("clientdp_10000_", "d-", "client-level DP, N=10,000"),
+        ("clientdp_1000_", "s", "client-level DP, N=1,000"),
+        ("clientdp_10000_", "d", "client-level DP, N=10,000"),
     ):
         dp = sorted(
             (r for r in rows if r["cell"].startswith(prefix) and r["kind"] != "non-dp"),
