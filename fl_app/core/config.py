@@ -44,7 +44,7 @@ from fl_app.core.schema import (
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "mnist_hub", "cifar10")
 HUB_DATASETS = ("mnist_hub", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "pathological", "shards", "natural")
-IMAGE_MODELS = ("cnn", "fedavg_cnn")  # builders that need (h, w, c) input
+IMAGE_MODELS = ("cnn", "fedavg_cnn", "dp_cnn")  # builders that need (h, w, c) input
 # Each model's weighted layers, by name: the builders in fl_app/ml/models.py name
 # their layers from this table (one declaration; no TensorFlow needed to check
 # layer-name settings).
@@ -53,6 +53,7 @@ MODEL_LAYERS = {
     "mlp": ("fc1", "fc2", "classifier"),
     "softmax": ("classifier",),
     "fedavg_cnn": ("conv1", "conv2", "fc1", "classifier"),
+    "dp_cnn": ("conv1", "conv2", "fc1", "classifier"),
 }
 MODELS = tuple(MODEL_LAYERS)
 OPTIMIZERS = ("adam", "sgd")

@@ -133,6 +133,55 @@ def build_fedavg_cnn(
     return keras.Model(inputs, outputs, name="fedavg_cnn")
 
 
+def build_dp_cnn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: float = 1.0,
+    scaler: bool = False,
+) -> keras.Model:
+    """Build the small CNN of tensorflow-privacy's MNIST DP-SGD tutorial.
+
+    An 8x8 convolution with 16 channels, stride 2, padding ``same``; 2x2 max pooling
+    with stride 1; a 4x4 convolution with 32 channels, stride 2, padding ``valid``;
+    2x2 max pooling with stride 1; a dense layer of 32 ReLU units and the class layer
+    (26,010 parameters on 28x28x1 images), as in ``tutorials/
+    mnist_dpsgd_tutorial_keras.py`` of https://github.com/tensorflow/privacy (that
+    model ends in logits; this one ends in a softmax like every builder here).
+    Widths at 1: 16, 32, 32; ``scaler`` as in :func:`build_cnn`. On images too small
+    for the second convolution unpadded (``digits``' 8x8) it pads ``same``.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"build_dp_cnn needs image input (h, w, c), received {input_shape}"
+        )
+    conv1, conv2, fc1, classifier = MODEL_LAYERS["dp_cnn"]
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = inputs
+    convs = ((conv1, 16, 8, "same"), (conv2, 32, 4, "valid"))
+    for index, (name, filters, size, padding) in enumerate(convs, start=1):
+        if padding == "valid" and min(x.shape[1:3]) < size:
+            padding = "same"  # too small for a valid convolution (8x8 digits)
+        conv = keras.layers.Conv2D(
+            scale_units(filters, width),
+            size,
+            strides=2,
+            padding=padding,
+            activation="relu",
+            name=name,
+        )
+        x = _hidden(x, conv, width, scaler)
+        x = keras.layers.MaxPooling2D(2, strides=1, name=f"pool{index}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = _hidden(
+        x,
+        keras.layers.Dense(scale_units(32, width), activation="relu", name=fc1),
+        width,
+        scaler,
+    )
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=classifier)(x)
+    return keras.Model(inputs, outputs, name="dp_cnn")
+
+
 def build_mlp(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -177,6 +226,7 @@ BUILDERS = {
     "mlp": build_mlp,
     "softmax": build_softmax,
     "fedavg_cnn": build_fedavg_cnn,
+    "dp_cnn": build_dp_cnn,
 }
 if set(BUILDERS) != set(MODEL_LAYERS):
     raise ImportError(

@@ -39,21 +39,32 @@ def _dp_optimizers() -> dict[str, type]:
             DPKerasAdamOptimizer,
             DPKerasSGDOptimizer,
         )
+        from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras_vectorized import (  # noqa: E501
+            VectorizedDPKerasAdamOptimizer,
+            VectorizedDPKerasSGDOptimizer,
+        )
     except ImportError as err:  # an install outside uv.lock (stale pins)
         raise ImportError(
             "tensorflow-privacy could not be imported with this TensorFlow; install "
             "the project with `uv sync` (its lock file pins a working combination): "
             f"{err}"
         ) from err
-    return {"sgd": DPKerasSGDOptimizer, "adam": DPKerasAdamOptimizer}
+    return {
+        "sgd": DPKerasSGDOptimizer,
+        "adam": DPKerasAdamOptimizer,
+        "vectorized-sgd": VectorizedDPKerasSGDOptimizer,
+        "vectorized-adam": VectorizedDPKerasAdamOptimizer,
+    }
 
 
 def dp_optimizer(cfg: DpSgdConfig, learning_rate: float):
     """Return tensorflow-privacy's DP Keras optimizer for ``cfg``.
 
-    ``microbatches=0`` clips every example's gradient (``num_microbatches=None``).
+    ``microbatches=0`` clips every example's gradient (``num_microbatches=None``);
+    ``vectorized`` takes the ``Vectorized*`` class (the same clipping and noise).
     """
-    cls = _dp_optimizers()[cfg.optimizer]
+    name = f"vectorized-{cfg.optimizer}" if cfg.vectorized else cfg.optimizer
+    cls = _dp_optimizers()[name]
     return cls(
         l2_norm_clip=cfg.l2_norm_clip,
         noise_multiplier=cfg.noise_multiplier,

@@ -18,6 +18,7 @@ from flwr.server.strategy import Strategy
 
 from fl_app.core.config import RunConfig
 from fl_app.features.privacy.dpsgd import epsilon
+from fl_app.features.privacy.server_optimizer import ServerMomentum
 from fl_app.server.registry import (
     register_fit_workflow,
     register_round_row,
@@ -42,7 +43,21 @@ def equal_weights_and_float_arrays(cfg: RunConfig, model: Any) -> dict[str, Any]
 
 @register_strategy_wrapper
 def wrap_client_dp(cfg: RunConfig, strategy: Strategy) -> Strategy:
-    """Wrap ``strategy`` in Flower's client-level DP wrapper the config names."""
+    """Wrap ``strategy`` in Flower's client-level DP wrapper the config names.
+
+    A server learning rate other than 1 or a momentum steps the server on the
+    wrapper's output (:class:`ServerMomentum`; post-processing, same ε).
+    """
+    dp = cfg.client_dp
+    if dp is None:
+        return strategy
+    wrapped = _dp_wrapper(cfg, strategy)
+    if dp.server_learning_rate == 1.0 and dp.server_momentum == 0.0:
+        return wrapped
+    return ServerMomentum(wrapped, dp.server_learning_rate, dp.server_momentum)
+
+
+def _dp_wrapper(cfg: RunConfig, strategy: Strategy) -> Strategy:
     from flwr.server.strategy import (
         DifferentialPrivacyClientSideAdaptiveClipping,
         DifferentialPrivacyClientSideFixedClipping,
@@ -51,8 +66,7 @@ def wrap_client_dp(cfg: RunConfig, strategy: Strategy) -> Strategy:
     )
 
     dp = cfg.client_dp
-    if dp is None:
-        return strategy
+    assert dp is not None
     sampled = cfg.clients_per_round
     if dp.adaptive:
         cls = (

@@ -44,6 +44,9 @@ class DpSgdConfig:
     )
     delta: float = setting(1e-5, "0 < value < 1", fraction)
     epsilon_budget: float = setting(0.0, ">= 0 (0: no budget)", non_negative)
+    # tensorflow-privacy's Vectorized* optimizers (clip a stacked Jacobian with
+    # vectorized_map instead of a loop over microbatches); same mechanism and ε
+    vectorized: bool = setting(False)
 
     def validate(self, run: RunConfig) -> None:
         """Refuse DP-SGD where the strategy's local training cannot use it."""
@@ -68,6 +71,9 @@ class ClientDpConfig:
     clipped_count_stddev: float = setting(
         0.0, ">= 0 (0: Flower's default, clients per round / 20)", non_negative
     )
+    # the server's step on the noised mean update (DP-FedAvgM; 1 and 0: Flower's)
+    server_learning_rate: float = setting(1.0, "> 0", positive)
+    server_momentum: float = setting(0.0, "0 <= value < 1", lambda v: 0 <= v < 1)
 
     @property
     def client_side(self) -> bool:

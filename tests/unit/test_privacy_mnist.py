@@ -1,0 +1,89 @@
+"""The privacy feature's MNIST parts: the tutorial CNN, server momentum, vectorized."""
+
+import numpy as np
+import pytest
+
+from fl_app.core.config import ModelConfig, parse_run_config
+from fl_app.features.privacy.server import wrap_client_dp
+from fl_app.features.privacy.server_optimizer import ServerMomentum, momentum_step
+
+
+def test_dp_cnn_has_the_tutorial_layers_and_parameter_count():
+    from fl_app.ml.models import build_model
+
+    # Prepare
+    model = build_model(ModelConfig("dp_cnn", 1.0), (28, 28, 1), 10)
+    shapes = {
+        layer.name: [w.shape for w in layer.get_weights()] for layer in model.layers
+    }
+
+    # Assert: 8x8x1x16 + 16 = 1,040; 'same' 28 -> 14, pool(2, 1) -> 13;
+    # 4x4x16x32 + 32 = 8,224; 'valid' stride 2: 13 -> 5, pool -> 4;
+    # 4*4*32 x 32 + 32 = 16,416; 32 x 10 + 10 = 330; sum 26,010
+    assert shapes["conv1"] == [(8, 8, 1, 16), (16,)]
+    assert shapes["conv2"] == [(4, 4, 16, 32), (32,)]
+    assert shapes["fc1"] == [(4 * 4 * 32, 32), (32,)]
+    assert shapes["classifier"] == [(32, 10), (10,)]
+    assert model.count_params() == 26_010
+
+
+def test_momentum_step_worked_by_hand():
+    # Prepare: current 1, proposed 3 (Δ = 2), velocity 4, lr 0.5, momentum 0.9
+    current = [np.array([1.0], dtype=np.float32)]
+    proposed = [np.array([3.0], dtype=np.float32)]
+    velocity = [np.array([4.0], dtype=np.float32)]
+
+    # Execute
+    weights, new_velocity = momentum_step(current, proposed, velocity, 0.5, 0.9)
+    first, first_velocity = momentum_step(current, proposed, None, 0.5, 0.9)
+
+    # Assert: v = 0.9 * 4 + 2 = 5.6, x = 1 + 0.5 * 5.6 = 3.8; first step v = Δ
+    np.testing.assert_allclose(new_velocity[0], [5.6], rtol=1e-6)
+    np.testing.assert_allclose(weights[0], [3.8], rtol=1e-6)
+    assert weights[0].dtype == np.float32
+    np.testing.assert_allclose(first_velocity[0], [2.0])
+    np.testing.assert_allclose(first[0], [2.0])
+
+
+def test_server_momentum_wraps_client_dp_only_when_set():
+    from flwr.server.strategy import (
+        DifferentialPrivacyServerSideFixedClipping,
+        FedAvg,
+    )
+
+    base = {"clientdp": "server-fixed", "clientdp-clipping-norm": 0.5}
+    plain = wrap_client_dp(parse_run_config(base), FedAvg())
+    stepped = wrap_client_dp(
+        parse_run_config(
+            {
+                **base,
+                "clientdp-server-learning-rate": 0.5,
+                "clientdp-server-momentum": 0.9,
+            }
+        ),
+        FedAvg(),
+    )
+
+    assert isinstance(plain, DifferentialPrivacyServerSideFixedClipping)
+    assert isinstance(stepped, ServerMomentum)
+    assert (stepped.learning_rate, stepped.momentum) == (0.5, 0.9)
+    assert isinstance(stepped.strategy, DifferentialPrivacyServerSideFixedClipping)
+    assert stepped.clipping_norm == 0.5  # what the checkpoint reads
+
+
+def test_vectorized_setting_selects_tf_privacy_vectorized_optimizer():
+    from fl_app.features.privacy.dpsgd import dp_optimizer
+    from fl_app.features.privacy.settings import DpSgdConfig
+
+    plain = dp_optimizer(DpSgdConfig("sgd"), 0.1)
+    vectorized = dp_optimizer(DpSgdConfig("sgd", vectorized=True), 0.1)
+
+    assert type(plain).__module__.endswith("dp_optimizer_keras")
+    assert type(vectorized).__module__.endswith("dp_optimizer_keras_vectorized")
+
+
+def test_server_momentum_must_be_below_one():
+    from fl_app.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="clientdp-server-momentum"):
+        parse_run_config({"clientdp": "server-fixed", "clientdp-server-momentum": 1.0})
