@@ -427,14 +427,23 @@ def main() -> None:
             stamp = {
                 "invocation": invocation,
                 "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                # other work on the machine slows every wall time: the 1-minute
+                # load average when the part started and ended (2 cores here)
+                "loadavg_1min_start": os.getloadavg()[0],
             }
             if name in CELLS:
                 result["cells"][name] = run_cell(name, CELLS[name], args, workdir)
-                result["cells"][name] |= stamp
+                part = result["cells"][name]
             elif name == "overhead":
-                result |= measure_overhead(args, workdir) | {"overhead_run": stamp}
+                result |= measure_overhead(args, workdir)
+                part = result["overhead_run"] = {}
             else:
-                result |= measure_load() | {"load_run": stamp}
+                result |= measure_load()
+                part = result["load_run"] = {}
+            part |= stamp | {
+                "loadavg_1min_end": os.getloadavg()[0],
+                "cpu_count": os.cpu_count(),
+            }
             write_json(args.out, result)  # after every part: a long run keeps its cells
     ran = result["cells"].values()
     result["every_cell_reached_its_target"] = all(c["reached"] for c in ran)
