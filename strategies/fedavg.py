@@ -129,6 +129,8 @@ class FedAvg(FlowerFedAvg):
         self.server_round = 0
         # The model clients decode from what they were last sent (deltas add to it).
         self._reference: NDArrays = self._global
+        # (message kind, node id) -> the model version sent (transport.copies)
+        self._copies_sent: dict[tuple[str, int], int] = {}
 
     def __repr__(self) -> str:
         return (
@@ -260,15 +262,21 @@ class FedAvg(FlowerFedAvg):
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, NDArrays]]:
         """Return what a resumed run needs beyond the global model: (JSON, arrays).
 
-        FedAvg keeps only the pruning mask between rounds (its schedule step is the
-        round); a subclass with more state extends both.
+        FedAvg keeps the pruning mask (its schedule step is the round) and the
+        public model of compressed downloads (``transport.copies``); a subclass with
+        more state extends both.
         """
-        if self.pruner is None:
-            return {}, {}
-        masked = sorted(self.pruner.masks)
-        return {"pruning_masked_arrays": masked}, {
-            "pruning_masks": [self.pruner.masks[i] for i in masked]
-        }
+        state: dict[str, Any] = {}
+        arrays: dict[str, NDArrays] = {}
+        if self.pruner is not None:
+            masked = sorted(self.pruner.masks)
+            state["pruning_masked_arrays"] = masked
+            arrays["pruning_masks"] = [self.pruner.masks[i] for i in masked]
+        if self.transport.copies is not None:
+            state["download_copies"], arrays["download_copies"] = (
+                self.transport.copies.state()
+            )
+        return state, arrays
 
     def restore_checkpoint_state(
         self, weights: NDArrays, state: dict[str, Any], arrays: dict[str, NDArrays]
@@ -282,6 +290,10 @@ class FedAvg(FlowerFedAvg):
                 int(i): np.asarray(m, dtype=bool)
                 for i, m in zip(masked, masks, strict=True)
             }
+        if self.transport.copies is not None and "download_copies" in state:
+            self.transport.copies.restore(
+                state["download_copies"], arrays.get("download_copies", [])
+            )
 
     @property
     def global_parameters(self) -> NDArrays:
@@ -314,8 +326,14 @@ class FedAvg(FlowerFedAvg):
         for when the instructions left (the phase's time is measured from it).
         """
         instructions = []
+        copies = self.transport.copies
         for proxy, ins in sampled:
             sent, extra = self.client_parameters(server_round, parameters, proxy)
+            if copies is not None:  # what changed since this client's copy
+                arrays, download = copies.payload(self._copy_key(proxy.node_id))
+                sent = ndarrays_to_parameters(arrays)
+                extra = {**extra, **download}
+                self._copies_sent[(kind.__name__, proxy.node_id)] = copies.version
             instructions.append((proxy, kind(sent, {**ins.config, **extra})))
         self._count_download(server_round, instructions)
         self._record(server_round)[sent_at] = time.perf_counter()
@@ -345,6 +363,31 @@ class FedAvg(FlowerFedAvg):
             by_node = record["bytes_down_by_node"]
             by_node[proxy.node_id] = by_node.get(proxy.node_id, 0) + size
 
+    def _copy_key(self, node_id: int) -> str:
+        """Return the key of a client's model copy.
+
+        Its partition id where known (stable across resumed runs), else its node id.
+        """
+        pid = self.partition_of.get(node_id)
+        return f"partition-{pid}" if pid is not None else f"node-{node_id}"
+
+    def _copies_replied(self, kind: str, replied: Sequence[int]) -> None:
+        """Record the copies after a phase.
+
+        The nodes that replied hold the version they were sent; the others (failed,
+        late) may hold none.
+        """
+        copies = self.transport.copies
+        if copies is None:
+            return
+        replied = set(replied)
+        for sent_kind, node in [k for k in self._copies_sent if k[0] == kind]:
+            version = self._copies_sent.pop((sent_kind, node))
+            if node in replied:
+                copies.delivered(self._copy_key(node), version)
+            else:
+                copies.forget(self._copy_key(node))
+
     def client_parameters(
         self, server_round: int, parameters: Parameters, proxy: ClientProxy
     ) -> tuple[Parameters, dict[str, Scalar]]:
@@ -362,6 +405,7 @@ class FedAvg(FlowerFedAvg):
         record = self._record(server_round)
         self._phase_time(record, "_fit_sent", "fit_s")
         self._count_failures(record, failures, "train")
+        self._copies_replied("FitIns", [proxy.node_id for proxy, _ in results])
         if failures and not results:
             raise RuntimeError(
                 f"round {server_round}: all {len(failures)} sampled clients failed to "
@@ -556,6 +600,7 @@ class FedAvg(FlowerFedAvg):
         record = self._record(server_round)
         self._phase_time(record, "_evaluate_sent", "federated_eval_s")
         self._count_failures(record, failures, "evaluate")
+        self._copies_replied("EvaluateIns", [proxy.node_id for proxy, _ in results])
         ordered = sorted(results, key=_client_order)
         for proxy, res in ordered:
             client = self._client_record(

@@ -37,6 +37,33 @@ class Codec(Protocol):
         """Return float32 arrays of ``shapes``; raise ``ValueError`` if malformed."""
 
 
+class ModelCopies(Protocol):
+    """Per-client downloads: what changed since each client's copy of the model.
+
+    The project's implementation is ``fl_app.features.compression.download``.
+    """
+
+    version: int
+
+    def advance(self, target: Sequence[np.ndarray]) -> NDArrays:
+        """Move the public model towards the global ``target``; return it."""
+
+    def payload(self, client: str) -> tuple[NDArrays, dict[str, int]]:
+        """Return ``(arrays, config)`` that bring ``client``'s copy up to date."""
+
+    def delivered(self, client: str, version: int) -> None:
+        """``client`` replied to a message that brought its copy to ``version``."""
+
+    def forget(self, client: str) -> None:
+        """``client`` may have no usable copy (it failed): send it the whole model."""
+
+    def state(self) -> tuple[dict, NDArrays]:
+        """Return ``(JSON, arrays)`` for a checkpoint."""
+
+    def restore(self, state: dict, arrays: Sequence[np.ndarray]) -> None:
+        """Continue from :meth:`state`'s output."""
+
+
 @dataclass(frozen=True)
 class Transport:
     """Download/upload codecs (``None``: dense arrays) and delta uploads.
@@ -44,15 +71,24 @@ class Transport:
     ``cast_floats`` casts floating uploads to the model's dtypes before they are
     checked: Flower's SecAgg+ workflow hands the strategy its dequantized sum as
     float64 arrays.
+
+    ``copies`` (with delta uploads) sends each client what changed since its own
+    copy (:meth:`FedAvg._instruct` asks it per client); the clients' deltas are then
+    added to the server's own global model, not to the public model they trained
+    from, so what the download left out is sent in a later round.
     """
 
     upload: Codec | None = None
     download: Codec | None = None
     delta: bool = False
     cast_floats: bool = False
+    copies: ModelCopies | None = None
 
     def send(self, weights: NDArrays) -> tuple[NDArrays, NDArrays]:
-        """Return ``(payload, model the clients decode from it)``."""
+        """Return ``(payload, model the uploads' deltas are added to)``."""
+        if self.copies is not None:  # per-client payloads: FedAvg._instruct
+            self.copies.advance(weights)
+            return weights, weights
         if self.download is None:
             return weights, weights
         payload = self.download.encode(weights)

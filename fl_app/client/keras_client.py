@@ -79,9 +79,16 @@ class Transport:
         self.state = state  # the node's state (e.g. a coding residual)
 
     def receive(
-        self, model: keras.Model, key: ModelKey, parameters: NDArrays
+        self,
+        model: keras.Model,
+        key: ModelKey,
+        parameters: NDArrays,
+        config: dict[str, Scalar],
     ) -> NDArrays:
-        """Set what the server sent into ``model``; return it as arrays."""
+        """Set what the server sent into ``model``; return it as arrays.
+
+        ``config``: the message's config (a transport may read it).
+        """
         set_model_weights(model, key, parameters)
         return parameters
 
@@ -121,7 +128,7 @@ class LocalTraining:
         """Set the received model, train it, return the encoded upload."""
         client = self.client
         model, key = client.model(config)
-        received = client.transport.receive(model, key, parameters)
+        received = client.transport.receive(model, key, parameters, config)
         timeline.mark("model_ready", partition=client.partition_id)
         declined = self.declined()
         if declined is not None:  # reply "no update", counted as no examples
@@ -338,7 +345,7 @@ class KerasClient(NumPyClient):
     ) -> tuple[float, int, dict[str, Scalar]]:
         """Evaluate the global (and any personalized) model on the validation rows."""
         model, key = self.model(config)
-        parameters = self.transport.receive(model, key, parameters)
+        parameters = self.transport.receive(model, key, parameters, config)
         loss, accuracy = evaluate_model(model, self.data.val)
         metrics: dict[str, Scalar] = {
             "accuracy": accuracy,

@@ -31,6 +31,9 @@ FIGURES = (
     "federated_accuracy",
     "federated_personalized_accuracy",
     "sparsity",
+    "bytes_up",
+    "bytes_down",
+    "num_failures",
 )
 
 
@@ -87,8 +90,10 @@ def client_epsilons(rows):
     ("technique", "in_flight"),
     [
         # FedAvg with error-feedback top-k uploads (the residuals live in the node
-        # state), killed after the clients trained in round 3
-        (["compression=topk_int8"], True),
+        # state) and compressed downloads (each node's copy of the model in its
+        # state; the server's public model in its checkpoint), killed after the
+        # clients trained in round 3
+        (["compression=topk_down"], True),
         # APFL (personal models and their alpha live in the node state), killed
         # between rounds 2 and 3
         (["strategy=apfl"], False),
@@ -114,6 +119,7 @@ def test_a_resumed_run_ends_bit_equal_to_one_never_killed(
     whole = read_rows(tmp_path / "whole")
     assert [r["round"] for r in resumed] == [1, 2, 3]
     assert figures(resumed) == figures(whole)  # exactly equal, every round
+    assert all(row["num_failures"] == 0 for row in whole)
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["resumed_from"] == [2] and summary["rounds"] == 3
     assert summary["final_accuracy"] == whole[-1]["central_accuracy"]

@@ -289,9 +289,9 @@ def test_flwr_run_resume_alone_finishes_the_checkpointed_run(
         runs = json.loads(link.cli("ls", "--format", "json").stdout)["runs"]
     statuses = {str(r["run-id"]): r["status"] for r in runs}
     assert statuses[run_id] != "finished:completed", "stopped too late to test"
-    assert [s for i, s in statuses.items() if i != run_id] == [
-        "finished:completed"
-    ], resumed.stdout[-3000:]
+    assert [s for i, s in statuses.items() if i != run_id] == ["finished:completed"], (
+        resumed.stdout[-3000:]
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 40 and summary["run_config"]["num-rounds"] == 40
     assert summary["resumed_from"] and 1 <= summary["resumed_from"][-1] < 40

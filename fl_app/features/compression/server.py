@@ -10,6 +10,7 @@ from typing import Any
 
 from fl_app.core.config import RunConfig
 from fl_app.features.compression.codecs import Codec
+from fl_app.features.compression.download import ModelCopies
 from fl_app.server.registry import register_strategy_options
 from strategies.transport import Transport
 
@@ -20,6 +21,16 @@ def codec_transport(cfg: RunConfig, model: Any) -> dict[str, Any]:
     comp = cfg.compression
     if not comp.active:
         return {}
+    if comp.download_delta:  # per-client downloads: what changed since each copy
+        values = "float16" if comp.download == "float16" else "float32"
+        copies = ModelCopies(comp.download_topk, values, comp.download_max_age)
+        return {
+            "transport": Transport(
+                upload=Codec.parse(comp.upload) if comp.upload != "none" else None,
+                delta=True,
+                copies=copies,
+            )
+        }
     return {
         "transport": Transport(
             upload=Codec.parse(comp.upload) if comp.upload != "none" else None,
