@@ -261,6 +261,8 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
         )
         if key.client.model_cache:
             _MODEL_CACHE[key] = model
+        # the seeded initial model, before any training (compressed downloads)
+        _INITIAL[key] = [np.array(w) for w in get_model_weights(model, key)]
         log.debug("built and compiled %s (width %s)", key.model.name, key.width)
     return model
 
@@ -283,6 +285,16 @@ def get_model_weights(model: keras.Model, key: ModelKey) -> list[np.ndarray]:
 
 
 _SHAPES: dict[ModelKey, list[tuple[int, ...]]] = {}
+_INITIAL: dict[ModelKey, list[np.ndarray]] = {}
+
+
+def initial_weights(key: ModelKey) -> list[np.ndarray] | None:
+    """Return the plain arrays ``key``'s model had when this process built it.
+
+    The model is built right after seeding (:func:`get_compiled_model`), so these
+    are the run's seeded initial model, whatever training did to it since.
+    """
+    return _INITIAL.get(key)
 
 
 def weight_shapes(model: keras.Model, key: ModelKey) -> list[tuple[int, ...]]:
@@ -297,6 +309,7 @@ def clear_model_cache() -> None:
     """Drop every cached model (used by tests and benchmarks)."""
     _MODEL_CACHE.clear()
     _SHAPES.clear()
+    _INITIAL.clear()
     keras.backend.clear_session()
 
 

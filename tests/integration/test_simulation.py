@@ -16,6 +16,9 @@ from fl_app.deploy.launcher import LocalSuperLink
 from tests.integration.conftest import ROOT, TINY, run_entry
 
 pytestmark = pytest.mark.slow
+# the tests that read the module's sweep run in one pytest-xdist worker, so the
+# sweep runs once (pyproject.toml: --dist loadgroup)
+SWEEP_GROUP = pytest.mark.xdist_group("sweep")
 
 SUMMARY_KEYS = {"final_accuracy", "rounds", "wall_time_s", "bytes_up", "bytes_down"}
 
@@ -60,6 +63,7 @@ def sweep(tmp_path_factory):
     return root / "sweep", result
 
 
+@SWEEP_GROUP
 def test_hydra_sweep_runs_each_job_in_flower(sweep):
     # Augmentation runs in the Ray workers (where Ray sets OMP_NUM_THREADS), seeded
     # per client and round; the kill-and-resume test below compares another run of
@@ -75,6 +79,7 @@ def test_hydra_sweep_runs_each_job_in_flower(sweep):
     assert len(table) == 3 and "save_model=True" in table[2]
 
 
+@SWEEP_GROUP
 def test_a_run_killed_with_its_process_group_resumes_bit_equal(
     tmp_path, sweep, no_leftover_processes
 ):
@@ -298,6 +303,7 @@ def test_flwr_run_resume_alone_finishes_the_checkpointed_run(
     assert [r["round"] for r in read_rows(out)] == list(range(1, 41))
 
 
+@SWEEP_GROUP
 def test_a_two_node_ray_cluster_serves_the_clients_on_both_nodes(
     sweep, tmp_path, no_leftover_processes
 ):

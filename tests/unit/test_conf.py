@@ -22,6 +22,9 @@ from fl_app.core.config import (
     parse_run_config,
 )
 
+# one pytest-xdist worker builds the module fixture once (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("conf")
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 PRESETS = "experiment"  # `+experiment=<name>`: presets over several groups

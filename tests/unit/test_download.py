@@ -15,6 +15,7 @@ from fl_app.core.schema import ConfigError
 from fl_app.features.compression.codecs import Codec, CodecError
 from fl_app.features.compression.download import (
     BASE,
+    ORIGIN,
     VERSION,
     ModelCopies,
     apply_download,
@@ -112,6 +113,31 @@ def test_a_copy_too_old_forgotten_or_costlier_than_the_model_gets_it_whole():
     copies.advance(model([3, 3, 3], [[3, 3], [3, 3]]))
     arrays, config = copies.payload("all")
     assert config[BASE] == -1 and [a.dtype for a in arrays] == [F32, F32]
+
+
+def test_a_new_client_starts_from_its_own_seeded_initial_model():
+    start = model([0, 0, 0], [[0, 0], [0, 0]])
+    copies = ModelCopies(fraction=0.25, share_origin=True)
+    copies.advance(start)
+    arrays, config = copies.payload("new")  # nothing changed since version 1
+    assert config[BASE] == 1 and sum(a.size for a in arrays) == 0
+    copies.advance(model([5, 0, 0], [[0, 0], [0, 7]]))
+    arrays, config = copies.payload("new")
+    assert config[BASE] == 1 and config[ORIGIN] == copies.origin
+    copy = apply_download(None, None, arrays, config, SHAPES, origin=start)
+    np.testing.assert_array_equal(copy[0], [5, 0, 0])
+    np.testing.assert_array_equal(copy[1], [[0, 0], [0, 7]])
+    other = model([0, 0, 0], [[0, 0], [0, 1e-7]])  # another seed's initial model
+    with pytest.raises(CodecError, match="seeded initial model differs"):
+        apply_download(None, None, arrays, config, SHAPES, origin=other)
+    with pytest.raises(CodecError, match="seeded initial model differs"):
+        apply_download(None, None, arrays, config, SHAPES, origin=None)
+    copies.forget("new")  # it failed: the whole model next time, not the origin
+    assert copies.payload("new")[1] == {BASE: -1, VERSION: 2}
+    # the origin's digest survives a checkpoint
+    restored = ModelCopies(fraction=0.25, share_origin=True)
+    restored.restore(*copies.state())
+    assert restored.payload("another")[1] == config
 
 
 def test_the_client_refuses_a_delta_its_copy_cannot_take():

@@ -12,6 +12,9 @@ from fl_app.core.config import ModelConfig, parse_run_config
 from fl_app.data import ArrayDataset, packaged
 from fl_app.data.federated import _build
 
+# one pytest-xdist worker builds the module fixture once (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("mnist")
+
 # The official MNIST sets' class counts (LeCun, Cortes, Burges), digits 0-9
 OFFICIAL_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 OFFICIAL_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -18,7 +18,7 @@ from fl_app.client.keras_client import Transport, register_transport
 from fl_app.core.config import RunConfig
 from fl_app.features.compression.codecs import ClientCodecs
 from fl_app.features.compression.download import BASE, VERSION, apply_download
-from fl_app.ml.training import ModelKey, keras, weight_shapes
+from fl_app.ml.training import ModelKey, initial_weights, keras, weight_shapes
 
 STATE_RESIDUAL = "compression-residual"
 STATE_COPY = "compression-model-copy"  # the node's copy of the public model
@@ -53,19 +53,25 @@ class CodecTransport(Transport):
         self.server_round = int(config.get("server_round", 0))
         shapes = weight_shapes(model, key)
         if BASE in config:
-            parameters = self._update_copy(parameters, config, shapes)
+            parameters = self._update_copy(
+                parameters, config, shapes, initial_weights(key)
+            )
         else:
             parameters = self.codecs.decode_download(parameters, shapes)
         return super().receive(model, key, parameters, config)
 
     def _update_copy(
-        self, arrays: NDArrays, config: dict[str, Scalar], shapes: list
+        self,
+        arrays: NDArrays,
+        config: dict[str, Scalar],
+        shapes: list,
+        origin: NDArrays | None,
     ) -> NDArrays:
         copy, version = None, None
         if STATE_COPY in self.state.array_records:
             copy = self.state.array_records[STATE_COPY].to_numpy_ndarrays()
             version = int(self.state.config_records[STATE_COPY_VERSION][VERSION])
-        copy = apply_download(copy, version, arrays, config, shapes)
+        copy = apply_download(copy, version, arrays, config, shapes, origin)
         self.state.array_records[STATE_COPY] = ArrayRecord(numpy_ndarrays=copy)
         self.state.config_records[STATE_COPY_VERSION] = ConfigRecord(
             {VERSION: int(config[VERSION])}

@@ -17,6 +17,12 @@ absolute values, not increments, so a copy newer than ``v`` is updated correctly
 A client with no copy, or one older than ``max_age`` versions, or one for which the
 changed entries would cost more than the whole model, is sent the whole model.
 
+Version 1 is the initial model, which every client can build itself from the run's
+seed. With ``share_origin``, a client the server has not heard from yet is sent the
+changes since version 1 and the initial model's digest (:data:`ORIGIN`); the client
+takes its own seeded initial model as its copy if the digest matches, and fails the
+message otherwise (then it is sent the whole model next time).
+
 The server learns a client's version only from a reply (:meth:`ModelCopies.delivered`),
 so what it assumes is never newer than the client's copy; a client that replies with
 an error is assumed to have none (:meth:`ModelCopies.forget`).
@@ -36,6 +42,7 @@ NDArrays = list[np.ndarray]
 VALUES = {"float32": np.float32, "float16": np.float16}
 BASE = "download_base"  # config key: the version the payload applies to (-1: whole)
 VERSION = "download_version"  # config key: the version the payload brings the copy to
+ORIGIN = "download_origin"  # config key: the digest of version 1 (the initial model)
 
 
 class ModelCopies:
@@ -50,10 +57,17 @@ class ModelCopies:
         ``float32`` or ``float16``: the precision of the public model's new values.
     max_age : int
         Versions of change history kept: an older copy is sent the whole model.
+    share_origin : bool
+        Whether clients the server has not heard from hold version 1 (the seeded
+        initial model), checked by its digest.
     """
 
     def __init__(
-        self, fraction: float = 1.0, values: str = "float32", max_age: int = 20
+        self,
+        fraction: float = 1.0,
+        values: str = "float32",
+        max_age: int = 20,
+        share_origin: bool = False,
     ) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -64,10 +78,13 @@ class ModelCopies:
         self.fraction = fraction
         self.values = values
         self.max_age = max_age
+        self.share_origin = share_origin
+        self.origin: str | None = None  # digest of version 1, when shared
         self.version = 0
         self.public: NDArrays | None = None
         self.changed: dict[int, list[np.ndarray]] = {}  # version -> flat indices
-        self.copies: dict[Hashable, int] = {}  # client -> version of its copy
+        # client -> version of its copy (None: it may have none, send it whole)
+        self.copies: dict[Hashable, int | None] = {}
         self._target: NDArrays | None = None  # the global model of the last advance
         self._target_digest: str | None = None  # its digest, after a restore
 
@@ -98,6 +115,8 @@ class ModelCopies:
             self.public = [t.astype(np.float32, copy=True) for t in target]
             self.changed.clear()
             self.copies.clear()
+            first = self.version == 1 and self.share_origin
+            self.origin = _digest(self.public) if first else None
             return self.public
         dtype = VALUES[self.values]
         changed = []
@@ -105,7 +124,7 @@ class ModelCopies:
             flat, diff = p.reshape(-1), (t.astype(np.float32) - p).reshape(-1)
             index = _largest(diff, self.fraction if p.ndim >= 2 else 1.0)
             flat[index] = (flat[index] + diff[index]).astype(dtype).astype(np.float32)
-            changed.append(index)
+            changed.append(index.astype(np.int32 if flat.size < 2**31 else np.int64))
         self.changed[self.version] = changed
         for old in [v for v in self.changed if v <= self.version - self.max_age]:
             del self.changed[old]
@@ -120,7 +139,13 @@ class ModelCopies:
         if self.public is None:
             raise RuntimeError("no public model yet: call advance() first")
         whole = (list(self.public), {BASE: -1, VERSION: self.version})
-        base = self.copies.get(client)
+        extra: dict[str, Any] = {}
+        if client in self.copies:
+            base = self.copies[client]
+        elif self.origin is not None:  # its own seeded initial model
+            base, extra = 1, {ORIGIN: self.origin}
+        else:
+            base = None
         if base is None or base > self.version:
             return whole
         versions = range(base + 1, self.version + 1)
@@ -129,12 +154,12 @@ class ModelCopies:
         arrays: NDArrays = []
         for i, p in enumerate(self.public):
             parts = [self.changed[v][i] for v in versions]
-            index = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            index = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int32)
             arrays.append(encode_gaps(index))
             arrays.append(p.reshape(-1)[index].astype(VALUES[self.values]))
         if sum(a.nbytes for a in arrays) >= sum(p.nbytes for p in self.public):
             return whole
-        return arrays, {BASE: base, VERSION: self.version}
+        return arrays, {BASE: base, VERSION: self.version, **extra}
 
     def delivered(self, client: Hashable, version: int) -> None:
         """``client`` replied to a message that brought its copy to ``version``."""
@@ -142,7 +167,7 @@ class ModelCopies:
 
     def forget(self, client: Hashable) -> None:
         """``client`` may have no usable copy: send it the whole model next time."""
-        self.copies.pop(client, None)
+        self.copies[client] = None
 
     # -- checkpoints ------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], NDArrays]:
@@ -156,6 +181,7 @@ class ModelCopies:
             "changed_versions": versions,
             "copies": [[k, v] for k, v in self.copies.items()],
             "target_digest": None if self._target is None else _digest(self._target),
+            "origin": self.origin,
         }
         changed = [i for v in versions for i in self.changed[v]]
         return json, [*self.public, *changed]
@@ -164,6 +190,7 @@ class ModelCopies:
         """Continue from :meth:`state`'s output."""
         self.version = int(state["version"])
         self._target, self._target_digest = None, state.get("target_digest")
+        self.origin = state.get("origin")
         count = int(state.get("arrays", 0))
         if not count:
             self.public, self.changed, self.copies = None, {}, {}
@@ -172,12 +199,10 @@ class ModelCopies:
         rest = list(arrays[count:])
         versions = [int(v) for v in state["changed_versions"]]
         self.changed = {
-            v: [np.asarray(a, np.int64) for a in rest[k * count : (k + 1) * count]]
+            v: [np.asarray(a) for a in rest[k * count : (k + 1) * count]]
             for k, v in enumerate(versions)
         }
-        self.copies = {
-            (tuple(k) if isinstance(k, list) else k): int(v) for k, v in state["copies"]
-        }
+        self.copies = {k: None if v is None else int(v) for k, v in state["copies"]}
 
 
 def _digest(arrays: Sequence[np.ndarray]) -> str:
@@ -207,8 +232,12 @@ def apply_download(
     arrays: Sequence[np.ndarray],
     config: dict[str, Any],
     shapes: Sequence[tuple[int, ...]],
+    origin: Sequence[np.ndarray] | None = None,
 ) -> NDArrays:
     """Return the client's copy brought to the version the server sent.
+
+    ``origin``: the client's own seeded initial model, taken as version 1 when it
+    has no copy and the payload's :data:`ORIGIN` digest matches it.
 
     Raises
     ------
@@ -226,6 +255,14 @@ def apply_download(
         if not all(np.isfinite(a).all() for a in out):
             raise CodecError("a whole-model download holds non-finite values")
         return [a.copy() for a in out]
+    if copy is None and ORIGIN in config and base == 1:
+        if origin is None or _digest(origin) != config[ORIGIN]:
+            raise CodecError(
+                "the server sent the changes since the initial model, but this "
+                "client's seeded initial model differs from the server's (or it has "
+                "none); the server sends the whole model next time"
+            )
+        copy, copy_version = [np.asarray(a, np.float32) for a in origin], 1
     if copy is None or copy_version is None or copy_version < base:
         raise CodecError(
             f"the server sent the changes since model version {base}, but this "

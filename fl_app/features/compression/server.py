@@ -23,7 +23,9 @@ def codec_transport(cfg: RunConfig, model: Any) -> dict[str, Any]:
         return {}
     if comp.download_delta:  # per-client downloads: what changed since each copy
         values = "float16" if comp.download == "float16" else "float32"
-        copies = ModelCopies(comp.download_topk, values, comp.download_max_age)
+        copies = ModelCopies(
+            comp.download_topk, values, comp.download_max_age, share_origin=True
+        )
         return {
             "transport": Transport(
                 upload=Codec.parse(comp.upload) if comp.upload != "none" else None,
