@@ -16,8 +16,9 @@ from fl_app.deploy.launcher import LocalSuperLink
 from tests.integration.conftest import ROOT, TINY, run_entry
 
 pytestmark = pytest.mark.slow
-# the tests that read the module's sweep run in one pytest-xdist worker, so the
-# sweep runs once (pyproject.toml: --dist loadgroup)
+# the tests that read the sweep run in one pytest-xdist worker (pyproject.toml:
+# --dist loadgroup), and the sweep is session-scoped: a worker runs other files'
+# tests in between, which would tear a module-scoped fixture down
 SWEEP_GROUP = pytest.mark.xdist_group("sweep")
 
 SUMMARY_KEYS = {"final_accuracy", "rounds", "wall_time_s", "bytes_up", "bytes_down"}
@@ -53,7 +54,7 @@ SEEDED = [*TINY, "num_rounds=3", "client/augmentation=light"]
 FIGURES = ("central_loss", "central_accuracy", "train_loss", "federated_loss")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
     """A Hydra sweep of ``SEEDED`` (one job, its own Flower run)."""
     root = tmp_path_factory.mktemp("sweep")

@@ -22,7 +22,8 @@ from fl_app.core.config import (
     parse_run_config,
 )
 
-# one pytest-xdist worker builds the module fixture once (--dist loadgroup)
+# one pytest-xdist worker runs these (--dist loadgroup); the fixture is
+# session-scoped, so tests of other files in between do not rebuild it
 pytestmark = pytest.mark.xdist_group("conf")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def test_groups_are_found():
     assert all(group_options(group) for group in GROUPS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def every_option():
     """The flat run config of every option of every group and of every preset.
 

@@ -12,7 +12,8 @@ from fl_app.core.config import ModelConfig, parse_run_config
 from fl_app.data import ArrayDataset, packaged
 from fl_app.data.federated import _build
 
-# one pytest-xdist worker builds the module fixture once (--dist loadgroup)
+# one pytest-xdist worker runs these (--dist loadgroup); the fixture is
+# session-scoped, so tests of other files in between do not rebuild it
 pytestmark = pytest.mark.xdist_group("mnist")
 
 # The official MNIST sets' class counts (LeCun, Cortes, Burges), digits 0-9
@@ -20,7 +21,7 @@ OFFICIAL_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 OFFICIAL_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mnist():
     return packaged.load_packaged("mnist")
 
