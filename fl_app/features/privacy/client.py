@@ -28,6 +28,7 @@ from fl_app.features.privacy.settings import DpSgdConfig
 from fl_app.ml.training import (
     Augmenter,
     ModelKey,
+    batch_step,
     begin_techniques,
     end_techniques,
     get_model_weights,
@@ -75,12 +76,9 @@ def train_local_dp(
                 batch = rng.permutation(batch)[:keep]
             if len(batch) == 0:
                 continue
-            x = data.x[batch]
-            logs = model.train_on_batch(
-                x if augment is None else augment(x),
-                data.y[batch],
-                reset_metrics=False,
-                return_dict=True,
+            x, y = data.x[batch], data.y[batch]
+            logs = batch_step(model, "train", x, y)(
+                x if augment is None else augment(x), y
             )
     finally:
         if mask is not None:
