@@ -26,7 +26,7 @@ import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from fl_app.client.node_state import node_state_mod
 from fl_app.core import timeline
 from fl_app.core.config import ConfigError, RunConfig, parse_run_config
-from fl_app.core.exchange import handlers_mod
+from fl_app.core.exchange import handlers_mod, riding_evaluation_mod
 from fl_app.features.hetero.capacities import partition_capacity
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,8 @@ def warm_worker_mod(
 
 # node_state_mod keeps the node's state on disk for resumed runs. The worker runs
 # local_app; a ClientApp process runs app, which hands the message to the worker.
-_MODS = [node_state_mod, features_mod]
+# riding_evaluation_mod, outermost, splits a training message that carries an
+# evaluation into the two, each through the other mods.
+_MODS = [riding_evaluation_mod, node_state_mod, features_mod]
 local_app = ClientApp(client_fn=client_fn, mods=_MODS)
 app = ClientApp(client_fn=client_fn, mods=[warm_worker_mod, *_MODS])

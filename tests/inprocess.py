@@ -120,7 +120,9 @@ class AheadGrid(InProcessGrid):
     """An in-process grid that can push evaluation ahead, as a deployment's does.
 
     ``exchanges``: per ``send_and_receive``, the ``(message type, round)`` of every
-    message it carried, those pushed ahead of it included.
+    message it carried, those pushed ahead of it included; ``pushed``: every message
+    that went to a node, as ``(message type, round, whether an evaluation rode in
+    it)``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -129,6 +131,7 @@ class AheadGrid(InProcessGrid):
 
         self.polling = PollingGrid(_Pushing(self), 0.0)
         self.exchanges: list[list[tuple[str, str]]] = []
+        self.pushed: list[tuple[str, str, bool]] = []
         self._carried: list[tuple[str, str]] = []
 
     def push_ahead(self, messages: list[Message], on_replies: Any) -> None:  # noqa: D102
@@ -159,6 +162,18 @@ class _Pushing:
         self.grid = grid
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:  # noqa: D102
+        from fl_app.core.exchange import EVAL_CONFIG
+
+        messages = list(messages)
+        self.grid.pushed += [
+            (
+                m.metadata.message_type,
+                m.metadata.group_id,
+                m.metadata.message_type == "train"
+                and EVAL_CONFIG in m.content.config_records,
+            )
+            for m in messages
+        ]
         return InProcessGrid.push_messages(self.grid, messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:  # noqa: D102

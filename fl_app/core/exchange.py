@@ -272,3 +272,116 @@ def accept_replies(
             continue
         accepted.append((node, payload, examples))
     return accepted
+
+
+# -- an evaluation riding on a training message ------------------------------------
+# In a deployment, round r's evaluation is pushed with round r+1's training
+# (``server.grids.PollingGrid.push_ahead``). Where a node gets both and both carry
+# the same arrays (round r's model), the evaluation's config rides in the training
+# message, so the node runs one ClientApp process for the two; the node evaluates
+# first, then trains, and its reply carries both results.
+FIT_PARAMS = "fitins.parameters"  # Flower's legacy record names
+EVAL_PARAMS = "evaluateins.parameters"
+EVAL_CONFIG = "evaluateins.config"
+EVAL_RESULT = "evaluateres."  # the prefix of an evaluation reply's records
+EVAL_ERROR = "evaluate-riding.error"  # the riding evaluation failed: why
+
+
+def attach_evaluation(fit: Message, evaluation: Message) -> bool:
+    """Let ``evaluation`` ride in training message ``fit`` when it can.
+
+    Both must go to the same node with the same arrays (the model sent); ``fit``
+    then carries ``evaluation``'s config, and the node evaluates before training.
+    """
+    fc, ec = fit.content, evaluation.content
+    if (
+        fit.metadata.dst_node_id != evaluation.metadata.dst_node_id
+        or FIT_PARAMS not in fc.array_records
+        or EVAL_PARAMS not in ec.array_records
+        or EVAL_CONFIG not in ec.config_records
+        or EVAL_CONFIG in fc.config_records
+    ):
+        return False
+    fit_arrays = fc.array_records[FIT_PARAMS]
+    eval_arrays = ec.array_records[EVAL_PARAMS]
+    if list(fit_arrays) != list(eval_arrays) or any(
+        fit_arrays[k].data != eval_arrays[k].data for k in fit_arrays
+    ):
+        return False
+    fc.config_records[EVAL_CONFIG] = ec.config_records[EVAL_CONFIG]
+    return True
+
+
+def detach_evaluation(reply: Message, evaluation: Message) -> Message:
+    """Return the reply to ``evaluation`` that rode in training reply ``reply``.
+
+    The evaluation's records leave ``reply``; a failed training message fails its
+    riding evaluation with the same error.
+    """
+    from flwr.app import Error
+    from flwr.common.constant import ErrorCode
+
+    if not reply.has_content():
+        return Message(reply.error, reply_to=evaluation)
+    content = reply.content
+    names = [n for n in content if n.startswith(EVAL_RESULT) or n == EVAL_ERROR]
+    records = RecordDict({n: content[n] for n in names})
+    for name in names:
+        del content[name]
+    if EVAL_ERROR in records.config_records or not names:
+        reason = str(
+            records.config_records[EVAL_ERROR]["reason"]
+            if EVAL_ERROR in records.config_records
+            else "the node's reply carried no evaluation"
+        )
+        error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+        return Message(error, reply_to=evaluation)
+    return Message(records, reply_to=evaluation)
+
+
+def riding_evaluation_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """On a node: evaluate, then train, for a training message carrying an evaluation.
+
+    The evaluation runs as the evaluation message it replaces would (same arrays,
+    its own config, through the same mods); its result (or why it failed) is added
+    to the training reply. Other messages pass through.
+    """
+    import copy
+
+    from flwr.app import MessageType
+
+    content = msg.content if msg.has_content() else None
+    if (
+        content is None
+        or msg.metadata.message_type != MessageType.TRAIN
+        or EVAL_CONFIG not in content.config_records
+    ):
+        return call_next(msg, context)
+    metadata = copy.deepcopy(msg.metadata)
+    metadata.message_type = MessageType.EVALUATE
+    evaluation = Message(
+        content=RecordDict(
+            {
+                EVAL_PARAMS: content.array_records[FIT_PARAMS],
+                EVAL_CONFIG: content.config_records[EVAL_CONFIG],
+            }
+        ),
+        metadata=metadata,
+    )
+    del content[EVAL_CONFIG]
+    try:
+        evaluated = call_next(evaluation, context)
+        error = None if evaluated.has_content() else evaluated.error.reason
+    except Exception as err:  # noqa: BLE001  (reported with the training reply)
+        log.exception("the evaluation riding on a training message failed")
+        evaluated, error = None, f"{type(err).__name__}: {err}"
+    reply = call_next(msg, context)
+    if reply.has_content():
+        if error is None and evaluated is not None:
+            for name in evaluated.content:
+                reply.content[name] = evaluated.content[name]
+        else:
+            reply.content.config_records[EVAL_ERROR] = ConfigRecord({"reason": error})
+    return reply

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from fl_app.core import timeline
+from fl_app.core.exchange import attach_evaluation, detach_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,11 @@ AheadCallback = Callable[[list[Message], list[int]], None]
 class _Ahead:
     """Messages pushed ahead of the next exchange, and what to do with the replies."""
 
-    destinations: dict[str, int]  # message id -> destination node id
+    messages: list[Message]  # held until the next exchange
     on_replies: AheadCallback
+    # message id -> destination node id, once pushed (a riding evaluation: the id
+    # of the training message it rides in)
+    destinations: dict[str, int] = field(default_factory=dict)
     replies: list[Message] = field(default_factory=list)
 
 
@@ -104,7 +108,10 @@ class PollingGrid:
 
     It can also push messages *ahead* of the next exchange (:meth:`push_ahead`):
     they travel with that exchange's messages, so a SuperNode finds both pending
-    and pays Flower's idle sleep between pulls once, not twice. Their replies are
+    and pays Flower's idle sleep between pulls once, not twice. An evaluation for a
+    node that the exchange sends a training message with the same arrays rides in
+    that message (``fl_app.core.exchange.attach_evaluation``): one message, one
+    ClientApp process on the node, one reply carrying both results. Replies are
     handed to the ahead batch's callback before the next exchange returns.
     """
 
@@ -117,19 +124,36 @@ class PollingGrid:
         return getattr(self.grid, name)
 
     def push_ahead(self, messages: list[Message], on_replies: AheadCallback) -> None:
-        """Push ``messages`` now; the next exchange collects their replies.
+        """Send ``messages`` with the next exchange, which collects their replies.
 
         ``on_replies(replies, late)`` runs once every reply is in, or at that
         exchange's deadline (``late``: the nodes that did not answer), before the
-        exchange returns; :meth:`flush_ahead` collects them without an exchange.
+        exchange returns; :meth:`flush_ahead` sends and collects them without an
+        exchange of their own.
         """
-        ids = list(self.grid.push_messages(messages))
-        timeline.mark("server_pushed", messages=len(ids), ahead=True)
-        destinations = {
-            message_id: message.metadata.dst_node_id
-            for message_id, message in zip(ids, messages, strict=True)
+        self.ahead.append(_Ahead(list(messages), on_replies))
+
+    @staticmethod
+    def _board(
+        messages: list[Message], batches: list[_Ahead]
+    ) -> dict[int, tuple[_Ahead, Message]]:
+        """Let each held evaluation ride in a training message to its node."""
+        riders: dict[int, tuple[_Ahead, Message]] = {}
+        by_node = {
+            m.metadata.dst_node_id: i
+            for i, m in enumerate(messages)
+            if m.metadata.message_type == MessageType.TRAIN
         }
-        self.ahead.append(_Ahead(destinations, on_replies))
+        for batch in batches:
+            for evaluation in batch.messages:
+                index = by_node.get(evaluation.metadata.dst_node_id)
+                if (
+                    index is not None
+                    and index not in riders
+                    and attach_evaluation(messages[index], evaluation)
+                ):
+                    riders[index] = (batch, evaluation)
+        return riders
 
     def flush_ahead(self, timeout: float | None = None) -> None:
         """Collect the replies of every batch pushed ahead (no exchange of its own)."""
@@ -142,11 +166,28 @@ class PollingGrid:
         callbacks before this returns.
         """
         messages = list(messages)
-        pending = set(self.grid.push_messages(messages)) if messages else set()
-        if messages:
-            timeline.mark("server_pushed", messages=len(pending))
         batches, self.ahead = self.ahead, []
-        owner = {m: batch for batch in batches for m in batch.destinations}
+        riders = self._board(messages, batches)  # index in messages -> (batch, eval)
+        boarded = {id(evaluation) for _, evaluation in riders.values()}
+        for batch in batches:  # the evaluations that cannot ride: pushed now
+            alone = [m for m in batch.messages if id(m) not in boarded]
+            if alone:
+                ids = list(self.grid.push_messages(alone))
+                timeline.mark("server_pushed", messages=len(ids), ahead=True)
+                batch.destinations.update(
+                    {i: m.metadata.dst_node_id for i, m in zip(ids, alone, strict=True)}
+                )
+        ids = list(self.grid.push_messages(messages)) if messages else []
+        if messages:
+            timeline.mark("server_pushed", messages=len(ids), riding=len(riders))
+        pending = set(ids)
+        riding: dict[str, tuple[_Ahead, Message]] = {}
+        for index, (batch, evaluation) in riders.items():
+            riding[ids[index]] = (batch, evaluation)
+            batch.destinations[ids[index]] = evaluation.metadata.dst_node_id
+        owner = {
+            m: batch for batch in batches for m in batch.destinations if m not in riding
+        }
         waiting = pending | set(owner)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
@@ -154,6 +195,9 @@ class PollingGrid:
             for reply in self.grid.pull_messages(waiting):
                 answered = reply.metadata.reply_to_message_id
                 waiting.discard(answered)
+                if answered in riding:  # a training reply with an evaluation in it
+                    batch, evaluation = riding[answered]
+                    batch.replies.append(detach_evaluation(reply, evaluation))
                 if answered in owner:
                     owner[answered].replies.append(reply)
                 else:

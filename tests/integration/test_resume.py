@@ -215,6 +215,15 @@ def test_evaluation_pushed_ahead_changes_no_record_and_resumes_bit_equal(tmp_pat
         [("evaluate", "2"), ("train", "3")],
     ]
     assert [("evaluate", "3")] in carried  # the last round's, on its own
+    # ... riding in the training messages: one message per node and round, each of
+    # rounds 2 and 3's carrying the previous round's evaluation
+    assert sorted(set(grid.pushed)) == [
+        ("evaluate", "3", False),
+        ("train", "1", False),
+        ("train", "2", True),
+        ("train", "3", True),
+    ]
+    assert len(grid.pushed) == 4 * 3  # 3 nodes
     # ... evaluate-ahead off: every evaluation in an exchange of its own
     alone = [sorted(set(e)) for e in separate.exchanges]
     assert [[("evaluate", str(r))] for r in (1, 2, 3)] == [
