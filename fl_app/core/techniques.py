@@ -192,6 +192,23 @@ class ClientTechnique:
         """Return the optimizer that will train ``variables`` (default: unchanged)."""
         return optimizer
 
+    def wrap_loss(
+        self, loss: Callable[[Any, Any], Any], num_classes: int
+    ) -> Callable[[Any, Any], Any]:
+        """Return the training loss to compile in place of ``loss`` (default: it).
+
+        ``loss(y_true, y_pred)`` returns one value per example (the model's softmax
+        output over ``num_classes`` classes in ``y_pred``); so must the returned one.
+        """
+        return loss
+
+    def set_labels(self, labels: np.ndarray | None) -> None:
+        """Receive the training labels of the local training about to run.
+
+        Called before each local training of the plain and DP-SGD trainers, and
+        with ``None`` after it (default: ignored).
+        """
+
     def begin(self, variables: Sequence[Any], state: TechniqueState) -> None:
         """Prepare a local training; ``variables`` hold the weights the server sent.
 

@@ -135,13 +135,18 @@ def technique_optimizer(
     return chosen[0][1] if chosen else make_optimizer(client)
 
 
-def begin_techniques(techniques: list[ClientTechnique], variables: list) -> None:
+def begin_techniques(
+    techniques: list[ClientTechnique], variables: list, labels: np.ndarray | None = None
+) -> None:
     """Start a local training for each technique (weights as the server sent).
 
-    Each gets its state of the client training now (``client_state``).
+    Each gets its state of the client training now (``client_state``) and, where
+    the trainer gives them, the training ``labels``.
     """
     for technique in techniques:
         technique.begin(variables, state_for(technique.name))
+        if labels is not None:
+            technique.set_labels(labels)
 
 
 def end_techniques(
@@ -151,6 +156,7 @@ def end_techniques(
     metrics: dict[str, float] = {}
     for technique in techniques:
         metrics.update(technique.end(variables, state_for(technique.name)))
+        technique.set_labels(None)
     return metrics
 
 
@@ -178,7 +184,7 @@ class LabelMaskedLoss:
         their weights get exactly zero gradient; renormalizing the probabilities
         instead leaves float rounding noise that Adam would turn into full steps.
         """
-        logits = _softmax_logits(y_pred)
+        logits = softmax_logits(y_pred)
         masked = tf.where(self.mask > 0, logits, tf.constant(-1e9, logits.dtype))
         return keras.losses.sparse_categorical_crossentropy(
             y_true, masked, from_logits=True
@@ -192,6 +198,37 @@ class LabelMaskedLoss:
         present = np.zeros(self.mask.shape, np.float32)
         present[np.unique(labels)] = 1.0
         self.mask.assign(present)
+
+
+class LogitAdjustedLoss:
+    """Cross-entropy of the softmax of adjusted logits: ``scale * z - shift``.
+
+    ``scale`` and ``shift`` are per-class variables the training step reads, set per
+    client before its local training and back to 1 and 0 after it (the techniques
+    FedRS and FedLC set them from the client's labels). ``shift`` of 1e9 removes a
+    class from the softmax.
+    """
+
+    def __init__(self, num_classes: int, name: str) -> None:
+        self.scale = tf.Variable(tf.ones(num_classes), trainable=False, name="scale")
+        self.shift = tf.Variable(tf.zeros(num_classes), trainable=False, name="shift")
+        self.__name__ = name
+
+    def __call__(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """Return the per-example cross-entropy of the adjusted logits."""
+        logits = softmax_logits(y_pred)
+        adjusted = logits * tf.cast(self.scale, logits.dtype) - tf.cast(
+            self.shift, logits.dtype
+        )
+        return keras.losses.sparse_categorical_crossentropy(
+            y_true, adjusted, from_logits=True
+        )
+
+    def set(self, scale: np.ndarray | None, shift: np.ndarray | None) -> None:
+        """Set the adjustment (``None``: none, the plain cross-entropy)."""
+        ones = np.ones(self.scale.shape, np.float32)
+        self.scale.assign(ones if scale is None else np.asarray(scale, np.float32))
+        self.shift.assign(0 * ones if shift is None else np.asarray(shift, np.float32))
 
 
 class PerExampleLoss(keras.losses.Loss):
@@ -212,7 +249,7 @@ def label_mask_of(model: keras.Model) -> LabelMaskedLoss | None:
     return loss if isinstance(loss, LabelMaskedLoss) else None
 
 
-def _softmax_logits(probs: tf.Tensor) -> tf.Tensor:
+def softmax_logits(probs: tf.Tensor) -> tf.Tensor:
     """Return the logits a softmax output was computed from (log-probs if unknown)."""
     logits = getattr(probs, "_keras_logits", None)
     if logits is not None:
@@ -248,6 +285,8 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
             if key.client.label_mask
             else keras.losses.sparse_categorical_crossentropy
         )
+        for technique in techniques:  # e.g. FedRS, FedLC: calibrated logits
+            loss = technique.wrap_loss(loss, key.num_classes)
         if any(technique.per_example_loss for technique in techniques):
             loss = PerExampleLoss(loss)  # DP optimizers clip per-example losses
         optimizer = technique_optimizer(techniques, key.client)
@@ -350,7 +389,7 @@ def train_local(
     """
     reset_optimizer(model.optimizer, cfg.learning_rate)
     techniques = techniques_of(model)
-    begin_techniques(techniques, model.trainable_variables)
+    begin_techniques(techniques, model.trainable_variables, data.y)
     mask = label_mask_of(model)
     if mask is not None:
         mask.set_classes(data.y)

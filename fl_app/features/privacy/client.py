@@ -61,7 +61,7 @@ def train_local_dp(
     """
     reset_optimizer(model.optimizer, cfg.learning_rate)
     techniques = techniques_of(model)
-    begin_techniques(techniques, model.trainable_variables)
+    begin_techniques(techniques, model.trainable_variables, data.y)
     q = min(cfg.batch_size / len(data), 1.0)
     steps = dp_sgd_steps(len(data), cfg.batch_size, cfg.local_epochs)
     mask = label_mask_of(model)
