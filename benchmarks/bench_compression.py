@@ -21,9 +21,10 @@ by default, in one invocation):
 ``mnist`` (McMahan et al.'s CNN preset ``fedavg_mnist_cnn_iid``: 100 clients of 600
 rows, 10 per round, E = 1, B = 10; and the same with the pathological split, 2 shards
 of 300 sorted rows per client; ``--mnist-rounds`` rounds): dense, top-k uploads at
-1 % and 0.3 % (int8 values, or signs: ternary, as in Sattler et al.'s STC) with a
-3-round warm-up and error feedback, and top-k uploads with compressed downloads
-(each client sent what changed since its copy; ``compression=topk_down``).
+1 % and 0.3 % (int8 values, or signs: ternary, as in Sattler et al.'s STC) with
+error feedback, with and without DGC's 3-round warm-up (``*_nowarm``), and top-k
+uploads with compressed downloads (each client sent what changed since its copy;
+``compression=topk_down``).
 
     uv run python benchmarks/bench_compression.py --out compression.json
     uv run python benchmarks/bench_compression.py --out F --dataset mnist \
@@ -75,12 +76,13 @@ RUNS = {
 }
 
 
-def topk(fraction: float, values: str = "int8") -> dict[str, Any]:
-    """Top-k delta uploads with error feedback and DGC's 3-round warm-up."""
+def topk(fraction: float, values: str = "int8", warmup: int = 3) -> dict[str, Any]:
+    """Top-k delta uploads with error feedback (and DGC's warm-up, ``warmup`` rounds
+    from 100 % down to ``fraction``)."""
     return {
         "compression": f"sparse+{values}",
         "compression-topk": fraction,
-        "compression-topk-warmup-rounds": 3,
+        "compression-topk-warmup-rounds": warmup,
         **DELTA_EF,
     }
 
@@ -101,9 +103,27 @@ MNIST_RUNS = {
     "topk1_sign": topk(0.01, "sign"),
     "topk03_int8": topk(0.003),
     "topk1_int8_down": {**topk(0.01), **DOWN},
+    # without the warm-up: its first rounds (32 %, 10 %, 3 % of each kernel) are
+    # most of a 20-round run's upload bytes
+    "topk1_int8_nowarm": topk(0.01, warmup=0),
+    "topk1_sign_nowarm": topk(0.01, "sign", warmup=0),
+    "topk03_int8_nowarm": topk(0.003, warmup=0),
+    "topk1_int8_down_nowarm": {**topk(0.01, warmup=0), **DOWN},
+    # the public model moving 2 % and 1 % of each kernel a round instead of 5 %
+    "topk1_int8_down2_nowarm": {
+        **topk(0.01, warmup=0),
+        **DOWN,
+        "compression-download-topk": 0.02,
+    },
+    "topk1_int8_down1_nowarm": {
+        **topk(0.01, warmup=0),
+        **DOWN,
+        "compression-download-topk": 0.01,
+    },
     "shards_dense": SHARDS,
     "shards_topk1_int8": {**topk(0.01), **SHARDS},
     "shards_topk1_int8_down": {**topk(0.01), **DOWN, **SHARDS},
+    "shards_topk1_int8_down_nowarm": {**topk(0.01, warmup=0), **DOWN, **SHARDS},
 }
 
 
