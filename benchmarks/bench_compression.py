@@ -87,8 +87,8 @@ def topk(fraction: float, values: str = "int8", warmup: int = 3) -> dict[str, An
     }
 
 
-# compressed downloads as conf/compression/topk_down.yaml, with history enough for
-# every client's copy in these short runs
+# compressed downloads (conf/compression/topk_down.yaml moves 1 % a round: the
+# topk1_int8_down1_nowarm run), with history enough for every copy in these runs
 DOWN = {
     "compression-download": "float16",
     "compression-download-delta": True,
