@@ -7,21 +7,28 @@ its fresh ``flwr-clientapp`` process, importing TensorFlow and the app) and
 
 - ``deployment``: an insecure local SuperLink and 2 SuperNodes, federated evaluation
   off (the server evaluates centrally);
-- ``deployment_fed_eval``: the same with federated evaluation on every client (a
-  second message per node per round);
+- ``deployment_fed_eval``: the same with federated evaluation on every client
+  (round r's evaluation rides in round r+1's training message to each node);
+- ``deployment_fed_eval_separate``: the same, each evaluation in an exchange of its
+  own (``evaluate-ahead=false``);
 - ``deployment_tls_auth``: TLS and SuperNode authentication;
 - ``simulation``: the same run in Flower's simulation runtime.
 
     uv run python benchmarks/bench_deployment.py --out deployment.json
 
-Rounds after the first are the steady ones (``steady_round_s``: the median of rounds
-2-4); ``warm_speedup`` is a variant's cold steady round over its warm one, and
-``ratio_vs_simulation`` each path's steady round over the simulated one.
+Rounds after the first are the steady ones (``steady_round_s``: the median period
+between the starts of consecutive rounds from round 2 on: how often a round begins;
+``steady_round_record_s``: the median of the round records' own wall times, which
+overlap where a round's evaluation comes back in the next round's exchange);
+``warm_speedup`` is a variant's cold steady round over its warm one,
+``ratio_vs_simulation`` each path's steady round over the simulated one, and
+``fed_eval_over_plain_warm`` the warm steady round with federated evaluation over
+the one without.
 
 The breakdown: every deployment runs with ``FL_DNN_TIMELINE`` (``fl_app.core.timeline``:
 marks from the ServerApp, the ClientApp processes and the worker) and with
 ``FLWR_LOG_LEVEL=DEBUG`` (the SuperNodes' own timestamped "Receiving"/"Sending"
-lines). ``breakdown`` gives, for node 0's fit messages in rounds 2-4 (median), the
+lines). ``breakdown`` gives, for node 0's fit messages in rounds 2-5 (median), the
 seconds from the server pushing the message to the node pulling it, the ClientApp
 process starting, its imports done (the app called), the client ready (data and
 model code loaded), the model ready, training done, the reply handed back, the
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import re
@@ -55,7 +63,7 @@ from fl_app.deploy.deployment import LocalDeployment, make_credentials  # noqa: 
 from fl_app.deploy.launcher import run_app, run_simulation  # noqa: E402
 
 CONFIG = {
-    "num-rounds": 4,
+    "num-rounds": 5,
     "num-clients": 2,
     "clients-per-round": 2,
     "evaluate-clients-per-round": 0,
@@ -161,12 +169,20 @@ def worker_rss_mb(worker_dir: Path) -> list[float]:
 
 
 def figures(output_dir: Path, summary: dict) -> dict:
+    """A run's round times: ``steady_round_s`` is the median period between the
+    starts of rounds 2, 3, ... (how often a round begins), ``round_s`` each round
+    record's wall time (with evaluation pushed ahead, a round's record closes in
+    the next round's exchange, so those overlap and double-count)."""
     rows = read_rows(output_dir)
     times = [row["wall_time_s"] for row in rows]
+    starts = [row["started_unix_s"] for row in rows]
+    periods = [later - earlier for earlier, later in itertools.pairwise(starts)]
     return {
         "round_s": times,
-        "first_round_s": times[0],
-        "steady_round_s": statistics.median(times[1:]),
+        "round_period_s": periods,
+        "first_round_s": periods[0] if periods else times[0],
+        "steady_round_s": statistics.median(periods[1:] or times[1:]),
+        "steady_round_record_s": statistics.median(times[1:]),
         "final_accuracy": summary["final_accuracy"],
     }
 

@@ -192,6 +192,10 @@ class FedAvg(FlowerFedAvg):
             {
                 "round": server_round,
                 "started": time.perf_counter(),
+                # when the round began (its period: the next round's start minus
+                # this; with evaluation pushed ahead a round's record closes only
+                # in the next round's exchange, so its wall time overlaps the next)
+                "started_unix_s": time.time(),
                 "bytes_up": 0,
                 "bytes_down": 0,
                 "num_failures": 0,
