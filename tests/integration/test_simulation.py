@@ -232,16 +232,17 @@ def test_failed_flower_run_exits_nonzero_with_flowers_error(
 def test_flwr_run_resume_alone_finishes_the_checkpointed_run(
     tmp_path, no_leftover_processes
 ):
-    # A Flower CLI user: a 40-round run stopped (flwr stop) after round 1's
-    # checkpoint (softmax rounds take well under a second: it gets a few rounds
-    # further), then `flwr run --run-config "resume='DIR'"` with the keys the run
-    # was started with but num-rounds: it ends at round 40, not at
-    # [tool.flwr.app.config]'s 20 (the ServerApp reads which keys were submitted
-    # from the run's override_config).
+    # A Flower CLI user: a 300-round run stopped (flwr stop) after round 1's
+    # checkpoint (softmax rounds take about 0.1 s here and `flwr stop` lands seconds
+    # later: 40 rounds once finished before it did), then
+    # `flwr run --run-config "resume='DIR'"` with the keys the run was started with
+    # but num-rounds: it ends at round 300, not at [tool.flwr.app.config]'s 20 (the
+    # ServerApp reads which keys were submitted from the run's override_config).
     import re
     import time
 
     out = tmp_path / "run"
+    rounds = 300
     given = (
         "num-clients=2 clients-per-round=2 evaluate-clients-per-round=0 "
         "model='softmax' save-model=false"
@@ -253,7 +254,7 @@ def test_flwr_run_resume_alone_finishes_the_checkpointed_run(
             str(ROOT),
             "fl-dnn",
             "--run-config",
-            f"{given} num-rounds=40 output-dir='{out}'",
+            f"{given} num-rounds={rounds} output-dir='{out}'",
             *federation,
         )
         assert started.returncode == 0, started.stdout + started.stderr
@@ -299,9 +300,10 @@ def test_flwr_run_resume_alone_finishes_the_checkpointed_run(
         resumed.stdout[-3000:]
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds"] == 40 and summary["run_config"]["num-rounds"] == 40
-    assert summary["resumed_from"] and 1 <= summary["resumed_from"][-1] < 40
-    assert [r["round"] for r in read_rows(out)] == list(range(1, 41))
+    assert summary["rounds"] == rounds
+    assert summary["run_config"]["num-rounds"] == rounds
+    assert summary["resumed_from"] and 1 <= summary["resumed_from"][-1] < rounds
+    assert [r["round"] for r in read_rows(out)] == list(range(1, rounds + 1))
 
 
 @SWEEP_GROUP

@@ -309,3 +309,19 @@ def test_split_node_names_a_malformed_cut_gradient():
     wrong_shape = [np.zeros((a.shape[0] + 1, *a.shape[1:]), np.float32) for a in acts]
     with pytest.raises(ValueError, match=r"batch 0 of shape \(17, 8, 8, 32\)"):
         edge.backward(message(1, grads=wrong_shape))
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "fedavg_cnn", "dp_cnn"])
+def test_the_auto_cut_of_every_model_with_a_hidden_layer_splits_it(name):
+    # `auto` is the model's first weighted layer; it once knew cnn and mlp only
+    from fl_app.core.config import MODEL_LAYERS
+    from fl_app.features.split.model import cut_layer, split_model
+    from fl_app.ml.models import build_model
+
+    cfg = parse_run_config({"model": name, "split": "splitfed_v1"})
+    cut = cut_layer(cfg.split, name)
+    assert cut == MODEL_LAYERS[name][0]
+    model = build_model(cfg.model, (28, 28, 1), 10)
+    client, server = split_model(model, cut)
+    assert client.layers[-1].name == cut
+    assert server.output.shape[-1] == 10

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.core.config import MODEL_LAYERS
 from fl_app.features.split.settings import SplitConfig
 from fl_app.ml.models import build_model
 from fl_app.ml.training import (
@@ -52,16 +53,16 @@ EVALUATE = "query.split_evaluate"
 SPLIT_TYPES = frozenset({FORWARD, BACKWARD, LOCAL, EVALUATE})
 
 
-# The default cut: after the first convolution block of the CNN, after the first
-# hidden layer of the MLP (the softmax model has nothing to cut).
-DEFAULT_CUTS = {"cnn": "conv1", "mlp": "fc1"}
-
-
 def cut_layer(cfg: SplitConfig, model_name: str) -> str:
-    """Return the configured cut layer (``auto``: the model's default cut)."""
+    """Return the configured cut layer (``auto``: the model's default cut).
+
+    The default cut is after the model's first weighted layer (``MODEL_LAYERS``):
+    the first convolution of the CNNs, the first hidden layer of the MLP (the
+    softmax model has nothing to cut; its config is refused).
+    """
     if cfg.cut_layer != "auto":
         return cfg.cut_layer
-    return DEFAULT_CUTS[model_name]
+    return MODEL_LAYERS[model_name][0]
 
 
 def split_model(model: keras.Model, cut: str) -> tuple[keras.Model, keras.Model]:
