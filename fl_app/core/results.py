@@ -84,15 +84,16 @@ def _round_tail(row: Mapping[str, Any]) -> list[str]:
 
 
 def scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Return a record's finite numeric top-level fields (not ``round``) as scalars.
+    """Return a record's finite numeric top-level fields as scalars.
 
-    Per-client lists and text are left out; ``prefix`` names a phase's scalars
+    Per-client lists, text and the round's own coordinates (``round``, its start
+    time ``started_unix_s``) are left out; ``prefix`` names a phase's scalars
     (``gan/gan_d_loss``).
     """
     return {
         f"{prefix}{key}": float(value)
         for key, value in row.items()
-        if key != "round"
+        if key not in ("round", "started_unix_s")
         and isinstance(value, int | float)
         and not isinstance(value, bool)
         and math.isfinite(value)
