@@ -428,11 +428,12 @@ def run_batches(
     MNIST CNN.
     """
     model.reset_metrics()
+    step = batch_step(model, kind, data.x, data.y)
     logs: dict = {}
     for start in range(0, len(data), batch_size):
         x = data.x[start : start + batch_size]
         y = data.y[start : start + batch_size]
-        logs = batch_step(model, kind, x, y)(x if augment is None else augment(x), y)
+        logs = step(x if augment is None else augment(x), y)
     return {key: float(value) for key, value in logs.items()}
 
 
@@ -441,7 +442,7 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def batch_step(model: keras.Model, kind: str, x: np.ndarray, y: np.ndarray):
-    """Return the compiled ``train_step``/``test_step`` of ``model`` for ``x, y``.
+    """Return the compiled ``train_step``/``test_step`` of ``model`` for these rows.
 
     One ``tf.function`` per model, step kind and row shape, with the batch dimension
     left open, so batches of any size (a last partial batch, Poisson-sampled DP-SGD

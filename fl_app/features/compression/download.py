@@ -36,7 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from fl_app.features.compression.codecs import CodecError, decode_gaps, encode_gaps
+from fl_app.features.compression.codecs import (
+    CodecError,
+    decode_gaps,
+    encode_gaps,
+    top_magnitudes,
+)
 
 NDArrays = list[np.ndarray]
 VALUES = {"float32": np.float32, "float16": np.float16}
@@ -95,7 +100,11 @@ class ModelCopies:
         model sent again, e.g. for federated evaluation after training).
         """
         target = [np.asarray(t) for t in target]
-        if self._target is None and self._target_digest == _digest(target):
+        if (
+            self._target is None
+            and self._target_digest is not None
+            and self._target_digest == _digest(target)
+        ):
             self._target = [t.copy() for t in target]  # resumed: already advanced
         if (
             self._target is not None
@@ -122,7 +131,9 @@ class ModelCopies:
         changed = []
         for p, t in zip(self.public, target, strict=True):
             flat, diff = p.reshape(-1), (t.astype(np.float32) - p).reshape(-1)
-            index = _largest(diff, self.fraction if p.ndim >= 2 else 1.0)
+            # the largest differences of a kernel; every changed entry of a 1-D array
+            moved = top_magnitudes(diff, self.fraction) if p.ndim >= 2 else diff
+            index = np.flatnonzero(moved)
             flat[index] = (flat[index] + diff[index]).astype(dtype).astype(np.float32)
             changed.append(index.astype(np.int32 if flat.size < 2**31 else np.int64))
         self.changed[self.version] = changed
@@ -211,19 +222,6 @@ def _digest(arrays: Sequence[np.ndarray]) -> str:
         digest.update(str(a.shape).encode())
         digest.update(np.ascontiguousarray(a, np.float32).tobytes())
     return digest.hexdigest()
-
-
-def _largest(diff: np.ndarray, fraction: float) -> np.ndarray:
-    """Return the sorted flat indices of the nonzero entries of ``diff`` to move.
-
-    The ``round(size * fraction)`` largest magnitudes (all nonzero ones at 1.0).
-    """
-    (nonzero,) = np.nonzero(diff)
-    k = max(int(np.round(diff.size * fraction)), 1)
-    if k >= nonzero.size:
-        return nonzero
-    top = np.argpartition(np.abs(diff[nonzero]), nonzero.size - k)[nonzero.size - k :]
-    return np.sort(nonzero[top])
 
 
 def apply_download(

@@ -68,6 +68,7 @@ def train_local_dp(
     if mask is not None:
         mask.set_classes(data.y)
     model.reset_metrics()
+    step = batch_step(model, "train", data.x, data.y)
     logs: dict = {}
     try:
         for batch in poisson_batches(len(data), q, steps, rng):
@@ -77,9 +78,7 @@ def train_local_dp(
             if len(batch) == 0:
                 continue
             x, y = data.x[batch], data.y[batch]
-            logs = batch_step(model, "train", x, y)(
-                x if augment is None else augment(x), y
-            )
+            logs = step(x if augment is None else augment(x), y)
     finally:
         if mask is not None:
             mask.set_classes(None)
