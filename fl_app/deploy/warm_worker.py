@@ -165,14 +165,19 @@ def serve(
         # a stop signal (the SuperNode's process group) leaves through the finally
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    path.unlink(missing_ok=True)
+    # bound and listening under another name first, then renamed into place: a
+    # client that sees ``path`` can connect (between bind and listen it would be
+    # refused, and a starter would take the socket for a dead worker's)
+    pending = path.with_suffix(".new")
+    pending.unlink(missing_ok=True)
     old_mask = os.umask(0o177)
     try:
-        server.bind(str(path))
+        server.bind(str(pending))
     finally:
         os.umask(old_mask)
-    inode = path.stat().st_ino
     server.listen(8)
+    inode = pending.stat().st_ino
+    os.replace(pending, path)  # the same inode, now at ``path`` (replacing a stale one)
     server.settimeout(1.0)
     pid_file = path.with_suffix(".pid")
     pid_file.write_text(str(os.getpid()))
