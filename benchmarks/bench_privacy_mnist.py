@@ -21,8 +21,9 @@ FILE keeps one row per cell (a later invocation replaces its cells' rows and kee
 the others): cell, kind, epsilon, delta, accuracy, rounds run, wall_time_s, and the
 cell's settings; ``targets`` compares the best rows with the issue's thresholds.
 ``--plot`` draws accuracy against ε for the rows, with the tutorial's figures;
-``--step-timing`` adds ``step_timing`` (seconds per DP-SGD step of the tutorial CNN
-without DP, with ``DPKerasSGDOptimizer`` and with its vectorized sibling).
+``--step-timing`` adds ``step_timing`` (seconds per step of the tutorial CNN without
+DP, with tensorflow-privacy's ``DPModel`` — the default implementation — and with
+its ``DPKerasSGDOptimizer`` and vectorized sibling).
 """
 
 from __future__ import annotations
@@ -235,38 +236,44 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def time_steps(batch: int, steps: int = 4) -> dict:
-    """Seconds per training step of ``dp_cnn``: no DP, and both DP-SGD optimizers.
+    """Seconds per training step of ``dp_cnn``: no DP, and each DP-SGD implementation.
 
-    The same fixed batch of random images each step; the first step (tracing) is
-    reported apart, the figure is the median of the next ``steps``.
+    Each through the clients' compiled batch step (``batch_step``), on the same fixed
+    batch of random images every step; the first step (tracing) is reported apart,
+    the figure is the median of the next ``steps``. ``model``: tensorflow-privacy's
+    ``DPModel`` (``dpsgd-implementation=model``, the default); ``plain`` and
+    ``vectorized``: its DP Keras optimizers (``implementation=optimizer``).
     """
     import statistics
+    from dataclasses import replace
 
     import numpy as np
 
-    from fl_app.core.config import ModelConfig
-    from fl_app.features.privacy.dpsgd import dp_optimizer
+    from fl_app.core.config import parse_run_config
     from fl_app.features.privacy.settings import DpSgdConfig
-    from fl_app.ml.models import build_model, keras
+    from fl_app.ml.training import batch_step, get_compiled_model, model_key
 
     rng = np.random.default_rng(0)
     x = rng.random((batch, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, batch)
+    cfg = parse_run_config(
+        {"model": "dp_cnn", "client-optimizer": "sgd", "client-learning-rate": 0.1}
+    )
+    key = model_key(cfg, (28, 28, 1), 10)
     out = {}
-    for name, vectorized in (("non_dp", None), ("plain", False), ("vectorized", True)):
-        model = build_model(ModelConfig("dp_cnn", 1.0), (28, 28, 1), 10)
-        if vectorized is None:
-            optimizer = keras.optimizers.legacy.SGD(0.1)
-            reduction = keras.losses.Reduction.AUTO
-        else:
-            optimizer = dp_optimizer(DpSgdConfig("sgd", vectorized=vectorized), 0.1)
-            reduction = keras.losses.Reduction.NONE
-        loss = keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
-        model.compile(optimizer=optimizer, loss=loss)
+    for name, dp in (
+        ("non_dp", None),
+        ("model", DpSgdConfig("sgd")),
+        ("plain", DpSgdConfig("sgd", implementation="optimizer")),
+        ("vectorized", DpSgdConfig("sgd", vectorized=True, implementation="optimizer")),
+    ):
+        techniques = key.techniques if dp is None else (*key.techniques, ("dpsgd", dp))
+        model = get_compiled_model(replace(key, techniques=techniques))
+        step = batch_step(model, "train", x, y)
         times = []
         for _ in range(steps + 1):
             started = time.perf_counter()
-            model.train_on_batch(x, y)
+            float(step(x, y)["loss"])
             times.append(time.perf_counter() - started)
         out[name] = {"first_step_s": times[0], "step_s": statistics.median(times[1:])}
         print(f"{name:10s} batch {batch}: {out[name]['step_s']:.3f} s/step", flush=True)
@@ -284,7 +291,7 @@ def main() -> None:
         "--step-timing",
         type=int,
         metavar="BATCH",
-        help="also time dp_cnn's steps at this batch size (no DP, plain, vectorized)",
+        help="also time dp_cnn's steps at this batch size (no DP, model, optimizers)",
     )
     args = parser.parse_args()
     rows: list[dict] = []

@@ -1,4 +1,4 @@
-"""The privacy feature's MNIST parts: the tutorial CNN, server momentum, vectorized."""
+"""The privacy feature's MNIST parts: tutorial CNN, server momentum, DP-SGD paths."""
 
 import numpy as np
 import pytest
@@ -87,3 +87,65 @@ def test_server_momentum_must_be_below_one():
 
     with pytest.raises(ConfigError, match="clientdp-server-momentum"):
         parse_run_config({"clientdp": "server-fixed", "clientdp-server-momentum": 1.0})
+
+
+def _dp_cnn_step(implementation: str, microbatches: int, x, y, start):
+    """One DP-SGD step (no noise) of dp_cnn from ``start``; return the new weights."""
+    from dataclasses import replace
+
+    from fl_app.features.privacy.settings import DpSgdConfig
+    from fl_app.ml.training import batch_step, get_compiled_model, model_key
+
+    cfg = parse_run_config(
+        {"model": "dp_cnn", "client-optimizer": "sgd", "client-learning-rate": 0.5}
+    )
+    dp = DpSgdConfig("sgd", 0.05, 0.0, microbatches, implementation=implementation)
+    key = model_key(cfg, (28, 28, 1), 10)
+    key = replace(key, techniques=(*key.techniques, ("dpsgd", dp)))
+    model = get_compiled_model(key)
+    model.set_weights(start)
+    batch_step(model, "train", x, y)(x, y)
+    return model, model.get_weights()
+
+
+@pytest.mark.parametrize("microbatches", [0, 4])
+def test_dp_model_takes_the_same_step_as_the_dp_optimizer(microbatches):
+    from fl_app.ml.models import build_model
+
+    # Prepare: 8 images, a clip (0.05) every example's gradient exceeds, no noise
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 8)
+    start = build_model(ModelConfig("dp_cnn", 1.0), (28, 28, 1), 10).get_weights()
+
+    # Execute: tensorflow-privacy's DPModel, then its DP Keras optimizer
+    model, by_model = _dp_cnn_step("model", microbatches, x, y, start)
+    other, by_optimizer = _dp_cnn_step("optimizer", microbatches, x, y, start)
+
+    # Assert: the model path is the DPModel class with a plain optimizer, the other
+    # the DP optimizer; both take the same clipped, averaged step
+    from fl_app.features.privacy.dpsgd import _dp_model_class
+
+    assert isinstance(model, _dp_model_class())
+    assert type(model.optimizer).__module__.startswith("tf_keras.src.optimizers")
+    assert type(other.optimizer).__module__.endswith("dp_optimizer_keras")
+    assert not isinstance(other, _dp_model_class())
+    moved = sum(float(np.abs(a - b).sum()) for a, b in zip(by_model, start))
+    assert moved > 1e-3
+    for a, b in zip(by_model, by_optimizer, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # each of the 8 (or 4 microbatch) gradients clipped to 0.05: the step, lr 0.5
+    # times their mean, is at most 0.025 long
+    step = np.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(by_model, start)))
+    assert step <= 0.5 * 0.05 + 1e-6
+
+
+def test_vectorized_needs_the_optimizer_implementation():
+    from fl_app.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dpsgd-vectorized.*implementation=optimizer"):
+        parse_run_config({"dpsgd": "sgd", "dpsgd-vectorized": True})
+    cfg = parse_run_config(
+        {"dpsgd": "sgd", "dpsgd-vectorized": True, "dpsgd-implementation": "optimizer"}
+    )
+    assert cfg.dpsgd.vectorized and cfg.dpsgd.implementation == "optimizer"

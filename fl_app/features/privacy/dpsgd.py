@@ -1,10 +1,22 @@
 """Differential privacy: the one tensorflow-privacy adapter, and ε accounting.
 
-Sample-level DP-SGD runs on the clients with tensorflow-privacy's DP Keras optimizers
-(``DPKerasSGDOptimizer``, ``DPKerasAdamOptimizer``). Its package ``__init__`` imports
-TensorFlow 1 estimator code that fails on TensorFlow 2.21; setting
-``sys.skip_tf_privacy_import`` before the first import skips that, and only this
-module imports it.
+Sample-level DP-SGD runs on the clients with tensorflow-privacy, in one of two ways
+(``dpsgd-implementation``), the same clipping, noise and ε:
+
+- ``model`` (default): its ``DPModel`` (:func:`dp_model`), whose ``train_step`` takes
+  each example's gradient with ``tf.vectorized_map`` over the examples (one forward
+  and backward pass per example, vectorized), clips, sums, noises and averages them,
+  then hands them to a plain Keras optimizer;
+- ``optimizer``: its DP Keras optimizers (``DPKerasSGDOptimizer``,
+  ``DPKerasAdamOptimizer``, :func:`dp_optimizer`), which take the Jacobian of the
+  batch's per-example losses: ``pfor`` over the B losses, each differentiated through
+  the whole batch's graph, so a step costs about B backward passes of the batch
+  rather than of one example (2.6 s against 0.054 s a step of the tutorial CNN at
+  batch 256 on two cores; BENCHMARKS.md "Privacy on MNIST").
+
+Its package ``__init__`` imports TensorFlow 1 estimator code that fails on
+TensorFlow 2.21; setting ``sys.skip_tf_privacy_import`` before the first import skips
+that, and only this module imports it.
 
 Batches are drawn by Poisson sampling (each example joins a step's batch with
 probability q = batch size / examples), so the accountant's
@@ -13,8 +25,8 @@ dp-accounting's RDP accountant, as tensorflow-privacy's own
 ``compute_dp_sgd_privacy_statement`` does; the same function serves client-level DP
 (one step per round, q = clients per round / clients).
 
-This module imports TensorFlow only inside :func:`dp_optimizer`, so the server and
-the accountant tests do not pay for it.
+This module imports TensorFlow only inside :func:`dp_optimizer` and :func:`dp_model`,
+so the server and the accountant tests do not pay for it.
 """
 
 from __future__ import annotations
@@ -55,6 +67,36 @@ def _dp_optimizers() -> dict[str, type]:
         "vectorized-sgd": VectorizedDPKerasSGDOptimizer,
         "vectorized-adam": VectorizedDPKerasAdamOptimizer,
     }
+
+
+@functools.cache
+def _dp_model_class() -> type:
+    sys.skip_tf_privacy_import = True  # type: ignore[attr-defined]
+    from tensorflow_privacy.privacy.keras_models.dp_keras_model import DPModel
+
+    return DPModel
+
+
+def dp_model(model, cfg: DpSgdConfig):
+    """Return ``model``'s layers as tensorflow-privacy's ``DPModel`` (same weights).
+
+    Its ``train_step`` clips each example's gradient (each microbatch's, with
+    ``microbatches`` > 0) to ``l2_norm_clip``, adds Gaussian noise of standard
+    deviation ``noise_multiplier * l2_norm_clip`` to their sum and divides by their
+    number, as the DP optimizers do; compile it with a plain optimizer and a
+    reduced loss (the mean over a microbatch, as the optimizers clip it). Not
+    XLA-compiled: Poisson batches change size every step, and XLA compiles once per
+    shape.
+    """
+    return _dp_model_class()(
+        l2_norm_clip=cfg.l2_norm_clip,
+        noise_multiplier=cfg.noise_multiplier,
+        num_microbatches=cfg.microbatches or None,
+        use_xla=False,
+        inputs=model.inputs,
+        outputs=model.outputs,
+        name=model.name,
+    )
 
 
 def dp_optimizer(cfg: DpSgdConfig, learning_rate: float):
