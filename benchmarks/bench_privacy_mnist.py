@@ -1,6 +1,6 @@
 """Private federated learning on MNIST: record-level DP-SGD and client-level DP.
 
-Cells, each one run through Flower's simulation runtime (``--only NAME`` runs one;
+Cells, each one run through Flower's simulation runtime (``--only A,B`` runs those;
 without it, all in order). Every cell's ε is the one its run reported in its
 summary (the accountant the run used), never recomputed here.
 
@@ -13,7 +13,7 @@ summary (the accountant the run used), never recomputed here.
   rows, 100 per round, Flower's DP-FedAvg wrapper (fixed or adaptive clipping),
   δ = 1 / (10 N), the server's ε; ``*_non_dp`` is FedAvg of the same setup.
 
-    uv run python benchmarks/bench_privacy_mnist.py --out FILE [--only NAME]
+    uv run python benchmarks/bench_privacy_mnist.py --out FILE [--only A,B]
     uv run python benchmarks/bench_privacy_mnist.py --out FILE --plot PNG --no-run
     uv run python benchmarks/bench_privacy_mnist.py --out FILE --no-run --step-timing 64
 
@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_parser, simulate, write_json  # noqa: E402
+
+from fl_app.core.results import read_rows  # noqa: E402
 
 # tensorflow-privacy tutorials/README.md (centralized DP-SGD, batch 256, δ = 1e-5,
 # accuracy averaged over 10 runs): (noise, clip, epochs, lr, ε, accuracy)
@@ -69,15 +71,18 @@ RECORD = {
 }
 
 
-def _dpsgd(noise: float, clip: float, budget: float, **more) -> dict:
+def _dpsgd(
+    noise: float, clip: float, budget: float, lr: float = 0.25, rounds: int = 15
+) -> dict:
     return {
         **RECORD,
+        "client-learning-rate": lr,
+        "num-rounds": rounds,
         "dpsgd": "sgd",
         "dpsgd-noise-multiplier": noise,
         "dpsgd-l2-norm-clip": clip,
         "dpsgd-delta": 1e-5,
         "dpsgd-epsilon-budget": budget,
-        **more,
     }
 
 
@@ -103,14 +108,19 @@ def _client_level(n: int, rounds: int, mode: str, noise: float, **more) -> dict:
     return config
 
 
-# Settings: 15 rounds of one local epoch (15 epochs per client) and the noise that
-# keeps each client's ε under its target at q = 256 / 6,000 (BENCHMARKS.md says how
-# they were chosen and what was not searched).
+# Settings: rounds of one local epoch each (epochs per client = rounds) and the
+# noise that keeps each client's ε under its target at q = 256 / 6,000; the first
+# three at the tutorial's rate 0.25, the ``_lr*`` ones search the rate, the
+# ``_e30``/``_e60`` ones more epochs at a larger noise (BENCHMARKS.md: how they were
+# chosen, what was not searched).
 CELLS: dict[str, tuple[str, dict]] = {
     "dpsgd_non_dp": ("non-dp", {**RECORD}),
     "dpsgd_eps1": ("dp-sgd", _dpsgd(3.45, 1.5, 1.2)),
     "dpsgd_eps3": ("dp-sgd", _dpsgd(1.5, 1.0, 3.0)),
     "dpsgd_eps8": ("dp-sgd", _dpsgd(0.88, 1.5, 8.0)),
+    "dpsgd_eps3_lr1": ("dp-sgd", _dpsgd(1.5, 1.0, 3.0, lr=1.0)),
+    "dpsgd_eps3_lr2": ("dp-sgd", _dpsgd(1.5, 1.0, 3.0, lr=2.0)),
+    "dpsgd_eps3_lr4": ("dp-sgd", _dpsgd(1.5, 1.0, 3.0, lr=4.0)),
     "clientdp_1000_non_dp": ("non-dp", _client_level(1000, 50, "none", 0.0)),
     "clientdp_1000_fixed": (
         "client-dp",
@@ -152,6 +162,7 @@ def run_cell(name: str, workdir: Path) -> dict:
     started = time.perf_counter()
     outcome = simulate(name, config, workdir, config["num-clients"])
     summary = outcome.summary
+    per_round = [r["central_accuracy"] for r in read_rows(outcome.output_dir)]
     epsilon = (
         summary.get("epsilon_client_level")
         if kind == "client-dp"
@@ -165,6 +176,7 @@ def run_cell(name: str, workdir: Path) -> dict:
         "delta": delta if kind != "non-dp" else None,
         "accuracy": summary["final_accuracy"],
         "rounds": config["num-rounds"],
+        "accuracy_per_round": [round(a, 4) for a in per_round],
         "wall_time_s": time.perf_counter() - started,
         "config": config,
     }
@@ -282,7 +294,11 @@ def time_steps(batch: int, steps: int = 4) -> dict:
 
 def main() -> None:
     parser = bench_parser(__doc__, rounds=None)
-    parser.add_argument("--only", choices=sorted(CELLS), help="run only this cell")
+    parser.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        help="run only these cells (comma-separated): " + ", ".join(CELLS),
+    )
     parser.add_argument("--plot", type=Path, help="PNG to draw accuracy against ε in")
     parser.add_argument(
         "--no-run", action="store_true", help="run nothing (re-summarize, plot)"
@@ -301,7 +317,10 @@ def main() -> None:
         rows, timing = previous["rows"], previous.get("step_timing")
     if args.step_timing:
         timing = time_steps(args.step_timing)
-    names = [] if args.no_run else [args.only] if args.only else list(CELLS)
+    unknown = sorted(set(args.only or ()) - set(CELLS))
+    if unknown:
+        parser.error(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
+    names = [] if args.no_run else args.only or list(CELLS)
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         for name in names:
             row = run_cell(name, Path(tmp))
