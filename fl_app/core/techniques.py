@@ -13,8 +13,9 @@ personalized trainers alike (:mod:`fl_app.ml.training`,
 :mod:`fl_app.features.personalization.training`):
 
 - :meth:`ClientTechnique.wrap_model` once, when the model is built (pruning wraps
-  its layers); :meth:`ClientTechnique.optimizer` may replace the configured
-  optimizer (DP-SGD's), and ``per_example_loss`` asks for an unreduced loss;
+  its layers; ``wraps_last`` techniques after the others: DP-SGD's model class);
+  :meth:`ClientTechnique.optimizer` may replace the configured optimizer
+  (DP-SGD's), and ``per_example_loss`` asks for an unreduced loss;
 - :meth:`ClientTechnique.wrap_optimizer` once, when a compiled model (or a
   personalized trainer's copy of the global model) gets its optimizer;
 - :meth:`ClientTechnique.set_weights` / :meth:`ClientTechnique.get_weights` where
@@ -144,6 +145,9 @@ class ClientTechnique:
     Config: ClassVar[type]
     # True: the training loss is left per example (unreduced), as DP optimizers need
     per_example_loss: ClassVar[bool] = False
+    # True: wrap_model after every other technique's; DP-SGD's DPModel is a model
+    # class, which a technique that rebuilds the layers (pruning clones them) drops
+    wraps_last: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

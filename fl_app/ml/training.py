@@ -278,7 +278,9 @@ def get_compiled_model(key: ModelKey, seed: int = 0) -> keras.Model:
             key.model, key.input_shape, key.num_classes, key.width, key.scaler
         )
         techniques = make_techniques(key.techniques)
-        for technique in techniques:  # e.g. pruning wraps the layers
+        # e.g. pruning wraps the layers; DP-SGD's DPModel last (a class, which a
+        # rebuild of the layers would drop)
+        for technique in sorted(techniques, key=lambda t: t.wraps_last):
             model = technique.wrap_model(model)
         loss = (
             LabelMaskedLoss(key.num_classes)

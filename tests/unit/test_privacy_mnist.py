@@ -149,3 +149,44 @@ def test_vectorized_needs_the_optimizer_implementation():
         {"dpsgd": "sgd", "dpsgd-vectorized": True, "dpsgd-implementation": "optimizer"}
     )
     assert cfg.dpsgd.vectorized and cfg.dpsgd.implementation == "optimizer"
+
+
+def test_dp_sgd_stays_on_when_pruning_rebuilds_the_layers():
+    from fl_app.features.privacy.dpsgd import _dp_model_class
+    from fl_app.ml.training import (
+        batch_step,
+        get_compiled_model,
+        get_model_weights,
+        model_key,
+    )
+
+    # Prepare: pruning (which clones the layers) and DP-SGD with a tiny clip,
+    # practically no noise, learning rate 1
+    cfg = parse_run_config(
+        {
+            "model": "softmax",
+            "pruning": "constant",
+            "pruning-layers": "all",
+            "dpsgd": "sgd",
+            "dpsgd-l2-norm-clip": 0.01,
+            "dpsgd-noise-multiplier": 1e-9,
+            "client-optimizer": "sgd",
+            "client-learning-rate": 1.0,
+        }
+    )
+    key = model_key(cfg, (8, 8, 1), 10)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype(np.float32) * 5
+    y = rng.integers(0, 10, 16)
+
+    # Execute
+    model = get_compiled_model(key)
+    before = get_model_weights(model, key)
+    batch_step(model, "train", x, y)(x, y)
+    after = get_model_weights(model, key)
+
+    # Assert: still a DPModel after pruning's rebuild, and the step is a mean of
+    # gradients clipped to 0.01 (an unclipped step on these rows is far longer)
+    assert isinstance(model, _dp_model_class())
+    step = np.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(after, before)))
+    assert 0 < step <= 0.01 + 1e-6

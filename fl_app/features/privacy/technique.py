@@ -24,6 +24,7 @@ class DpSgd(ClientTechnique):
     name = "dpsgd"
     prefix = "dpsgd"
     Config = DpSgdConfig
+    wraps_last = True  # DPModel is a class: pruning's rebuild of the layers drops it
 
     @property
     def per_example_loss(self) -> bool:  # type: ignore[override]
