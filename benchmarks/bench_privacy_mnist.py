@@ -121,6 +121,10 @@ CELLS: dict[str, tuple[str, dict]] = {
     "dpsgd_eps3_lr1": ("dp-sgd", _dpsgd(1.5, 1.0, 3.0, lr=1.0)),
     "dpsgd_eps3_lr2": ("dp-sgd", _dpsgd(1.5, 1.0, 3.0, lr=2.0)),
     "dpsgd_eps3_lr4": ("dp-sgd", _dpsgd(1.5, 1.0, 3.0, lr=4.0)),
+    # the best rate (2.0), clip 1.0; 30 epochs at the noise that keeps ε in budget
+    "dpsgd_eps1_lr2": ("dp-sgd", _dpsgd(3.45, 1.0, 1.2, lr=2.0)),
+    "dpsgd_eps3_lr2_e30": ("dp-sgd", _dpsgd(1.916, 1.0, 3.0, lr=2.0, rounds=30)),
+    "dpsgd_eps8_lr2_e30": ("dp-sgd", _dpsgd(1.026, 1.0, 8.0, lr=2.0, rounds=30)),
     "clientdp_1000_non_dp": ("non-dp", _client_level(1000, 50, "none", 0.0)),
     "clientdp_1000_fixed": (
         "client-dp",
@@ -132,17 +136,29 @@ CELLS: dict[str, tuple[str, dict]] = {
             1000, 50, "server-adaptive", 0.8, **{"clientdp-clipping-norm": 0.5}
         ),
     ),
-    "clientdp_10000_non_dp": ("non-dp", _client_level(10000, 50, "none", 0.0)),
+    # 6 rows a client: 5 local epochs (5 steps of the whole 6 rows) a round
+    "clientdp_10000_non_dp": (
+        "non-dp",
+        _client_level(10000, 50, "none", 0.0, **{"client-local-epochs": 5}),
+    ),
     "clientdp_10000_fixed_eps8": (
         "client-dp",
         _client_level(
-            10000, 50, "server-fixed", 0.48, **{"clientdp-clipping-norm": 0.5}
+            10000,
+            50,
+            "server-fixed",
+            0.48,
+            **{"clientdp-clipping-norm": 0.5, "client-local-epochs": 5},
         ),
     ),
     "clientdp_10000_fixed_eps3": (
         "client-dp",
         _client_level(
-            10000, 50, "server-fixed", 0.69, **{"clientdp-clipping-norm": 0.5}
+            10000,
+            50,
+            "server-fixed",
+            0.69,
+            **{"clientdp-clipping-norm": 0.5, "client-local-epochs": 5},
         ),
     ),
 }
