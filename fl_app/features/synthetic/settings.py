@@ -26,7 +26,7 @@ class SyntheticConfig:
     missing and minority classes to its training rows (never to its evaluation
     rows): up to its largest class (``fill=largest``) or to ``fill_count`` rows per
     class (``fill=count``). ``dp``: DP-SGD on the discriminator
-    (tensorflow-privacy), ε per client accounted and reported.
+    (per-row clipping and noise, then Adam), ε per client accounted and reported.
     """
 
     mode: str = setting(
