@@ -1,7 +1,7 @@
-"""Label skew: FedAvg, FedRS and FedLC on MNIST's and digits' pathological splits.
+"""Label skew: FedAvg, FedRS, FedLC and GAN balancing on MNIST's and digits' splits.
 
-One invocation runs, each through Flower's simulation runtime, same seed and rounds
-per dataset:
+Each cell is one run through Flower's simulation runtime, same seed and rounds per
+dataset:
 
 - ``mnist``: McMahan et al.'s pathological preset (``fedavg_mnist_2nn_shards``: the
   2NN, 100 clients of 2 shards of 300 label-sorted rows, 10 per round, E = 1,
@@ -9,20 +9,36 @@ per dataset:
 - ``digits``: the default CNN, 10 clients of two classes each
   (``partition=pathological``), every client every round, ``--rounds`` rounds;
 
-and on each: ``fedavg``, ``fedrs`` (alpha ``--alpha``), ``fedlc`` (tau ``--tau``).
+and on each, the methods:
 
-    uv run python benchmarks/bench_label_skew.py --out label_skew.json
+- ``fedavg``; ``fedrs`` (alpha ``--alpha``); ``fedlc`` (tau ``--tau``);
+- ``gan``: GAN balancing (``synthetic=gan``; on MNIST the 28x28 convolutional GAN,
+  ``--gan-rounds`` GAN rounds of ``--gan-steps`` batches of 64 per sampled client,
+  TSTR on 1,000 rows per class; on digits ``conf/synthetic/gan.yaml``'s defaults);
+- ``control``: the same, with a generator trained for one step (rows of noise with
+  the right labels): how much of a gain is label balancing alone;
+- ``gan_cheap``: GAN balancing plus the better of FedRS and FedLC on that dataset
+  (by this file's rows; run it after both);
+- ``gan_dp``: GAN balancing with DP-SGD on the discriminator (MNIST: Poisson batches
+  of 16, noise ``--dp-noise``; digits: ``bench_synthetic.py``'s DP setting).
 
-FILE keys: per dataset and run the central accuracy after the last round and the
-mean of the last five rounds, every round's accuracy, the wall time; the gains over
-FedAvg in points (mean of the last five rounds); ``best_cheap_gain_points`` (the
-best of FedRS and FedLC over FedAvg on MNIST's pathological split). The issue's GAN
-cells (GAN balancing on MNIST, the one-step control, GAN + the best cheap fix, the
-DP GAN, TSTR) are not built here yet: the GAN is sized for 8x8 digits.
+    uv run python benchmarks/bench_label_skew.py --out FILE [--only mnist_gan,...]
+
+FILE keeps one row per cell (``--only`` replaces those and keeps the others): the
+central accuracy after the last round and the mean of the last five, every round's
+accuracy, the wall time, and for GAN cells the GAN phase's and the classifier's
+wall times, the TSTR accuracy of the final generator (a classifier trained only on
+its rows, tested on the real test set) and the largest client ε of a DP GAN. The
+figures: per dataset the gains over FedAvg in points (mean of the last five
+rounds); on MNIST ``best_cheap_gain_points`` (best of FedRS and FedLC over FedAvg),
+``gan_over_best_cheap_points`` (the better of ``gan`` and ``gan_cheap`` over the
+best cheap fix), ``gan_over_control_points`` (``gan`` over ``control``),
+``tstr_accuracy``, ``tstr_accuracy_dp``, ``epsilon_dp``.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -43,30 +59,22 @@ DIGITS = {
     "evaluate-clients-per-round": 0,
     "save-model": False,
 }
+DATASETS = ("mnist", "digits")
+METHODS = ("fedavg", "fedrs", "fedlc", "gan", "control", "gan_cheap", "gan_dp")
+CHEAP = ("fedrs", "fedlc")
+GAN_SUMMARY = (
+    "tstr_accuracy",
+    "gan_wall_time_s",
+    "tstr_wall_time_s",
+    "gan_rounds",
+    "epsilon_gan_max",
+    "synthetic_rows",
+    "synthetic_real_rows",
+)
 
 
-def run(name: str, config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Run one configuration; return its accuracy figures."""
-    started = time.perf_counter()
-    outcome = simulate(
-        name, config, workdir, num_supernodes=int(config.get("num-clients", 10))
-    )
-    rows = read_rows(outcome.output_dir)
-    accuracy = [row["central_accuracy"] for row in rows]
-    return {
-        "central_accuracy": outcome.summary["final_accuracy"],
-        "last5_mean_accuracy": statistics.mean(accuracy[-5:]),
-        "accuracy_per_round": [round(a, 5) for a in accuracy],
-        "wall_s": time.perf_counter() - started,
-    }
-
-
-def main() -> None:
-    parser = bench_parser(__doc__, rounds=30)
-    parser.add_argument("--mnist-rounds", type=int, default=100)
-    parser.add_argument("--alpha", type=float, default=0.5, help="FedRS's alpha")
-    parser.add_argument("--tau", type=float, default=1.0, help="FedLC's tau")
-    args = parser.parse_args()
+def dataset_configs(args) -> dict[str, dict[str, Any]]:
+    """Return each dataset's base run config."""
     from bench_mnist import preset_config
 
     mnist = {
@@ -74,47 +82,172 @@ def main() -> None:
         "save-model": False,
         "num-rounds": args.mnist_rounds,
     }
-    datasets = {"mnist": mnist, "digits": {**DIGITS, "num-rounds": args.rounds}}
-    methods = {
-        "fedavg": {},
+    return {"mnist": mnist, "digits": {**DIGITS, "num-rounds": args.rounds}}
+
+
+def gan_settings(dataset: str, method: str, args) -> dict[str, Any]:
+    """Return the synthetic-* settings of a GAN method on a dataset."""
+    if dataset == "mnist":
+        gan = {
+            "synthetic": "gan",
+            "synthetic-rounds": args.gan_rounds,
+            "synthetic-local-steps": args.gan_steps,
+            "synthetic-tstr-rows": 1000,
+        }
+        dp = {
+            "synthetic-dp": True,
+            "synthetic-batch-size": 16,
+            "synthetic-dp-noise-multiplier": args.dp_noise,
+        }
+    else:
+        from bench_synthetic import DP as dp
+
+        gan = {"synthetic": "gan"}
+    if method == "control":
+        return {**gan, "synthetic-rounds": 1, "synthetic-local-steps": 1}
+    if method == "gan_dp":
+        return {**gan, **dp}
+    return gan
+
+
+def method_settings(
+    dataset: str, method: str, args, rows: dict[str, dict]
+) -> dict[str, Any]:
+    """Return the settings a method adds to the dataset's base config."""
+    cheap = {
         "fedrs": {"client-fedrs-alpha": args.alpha},
         "fedlc": {"client-fedlc-tau": args.tau},
     }
-    result: dict[str, Any] = {"alpha": args.alpha, "tau": args.tau}
-    with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
-        for dataset, base in datasets.items():
-            runs = {
-                method: run(f"{dataset}_{method}", {**base, **extra}, Path(tmp))
-                for method, extra in methods.items()
-            }
-            plain = runs["fedavg"]["last5_mean_accuracy"]
-            gains = {
-                m: 100 * (r["last5_mean_accuracy"] - plain)
-                for m, r in runs.items()
-                if m != "fedavg"
-            }
-            result[dataset] = {
-                "rounds": base["num-rounds"],
-                "runs": runs,
-                "gain_points": gains,
-            }
-    result["best_cheap_gain_points"] = max(result["mnist"]["gain_points"].values())
-    result["best_cheap_method"] = max(
-        result["mnist"]["gain_points"], key=result["mnist"]["gain_points"].get
-    )
-    write_json(args.out, result)
-    for dataset in datasets:
-        for method, r in result[dataset]["runs"].items():
-            gain = result[dataset]["gain_points"].get(method)
-            print(
-                f"{dataset:6s} {method:7s} final {r['central_accuracy']:.4f} "
-                f"last5 {r['last5_mean_accuracy']:.4f} "
-                + (f"gain {gain:+.2f} pts " if gain is not None else "")
-                + f"{r['wall_s']:.0f} s"
+    if method == "fedavg":
+        return {}
+    if method in cheap:
+        return cheap[method]
+    extra = gan_settings(dataset, method, args)
+    if method == "gan_cheap":
+        best = best_cheap(dataset, rows)
+        if best is None:
+            raise SystemExit(
+                f"{dataset}_gan_cheap needs {dataset}_fedrs and {dataset}_fedlc first"
             )
+        extra.update(cheap[best])
+    return extra
+
+
+def best_cheap(dataset: str, rows: dict[str, dict]) -> str | None:
+    """Return the better of FedRS and FedLC on ``dataset`` by ``rows``, or None."""
+    got = {m: rows.get(f"{dataset}_{m}") for m in CHEAP}
+    if any(r is None for r in got.values()):
+        return None
+    return max(got, key=lambda m: got[m]["last5_mean_accuracy"])
+
+
+def run(name: str, config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run one cell; return its figures."""
+    started = time.perf_counter()
+    outcome = simulate(
+        name, config, workdir, num_supernodes=int(config.get("num-clients", 10))
+    )
+    summary = outcome.summary
+    accuracy = [row["central_accuracy"] for row in read_rows(outcome.output_dir)]
+    result = {
+        "central_accuracy": summary["final_accuracy"],
+        "last5_mean_accuracy": statistics.mean(accuracy[-5:]),
+        "accuracy_per_round": [round(a, 5) for a in accuracy],
+        "wall_s": time.perf_counter() - started,
+        "settings": {k: v for k, v in config.items() if k.startswith(("synth", "cli"))},
+    }
+    if config.get("synthetic") == "gan":
+        result.update({key: summary.get(key) for key in GAN_SUMMARY})
+        result["classifier_wall_time_s"] = summary["wall_time_s"] - (
+            summary["gan_wall_time_s"] + summary["tstr_wall_time_s"]
+        )
+    return result
+
+
+def points(rows: dict[str, dict], a: str, b: str) -> float | None:
+    """Return ``a``'s mean accuracy of the last five rounds minus ``b``'s, in points."""
+    if a not in rows or b not in rows:
+        return None
+    return 100 * (rows[a]["last5_mean_accuracy"] - rows[b]["last5_mean_accuracy"])
+
+
+def summarize(rows: dict[str, dict], args) -> dict[str, Any]:
+    """Return FILE's contents: the rows and the figures they give."""
+    out: dict[str, Any] = {"alpha": args.alpha, "tau": args.tau, "rows": rows}
+    for dataset in DATASETS:
+        out[dataset] = {
+            "gain_points": {
+                m: points(rows, f"{dataset}_{m}", f"{dataset}_fedavg")
+                for m in METHODS[1:]
+                if f"{dataset}_{m}" in rows
+            },
+            "best_cheap_method": best_cheap(dataset, rows),
+        }
+    best = out["mnist"]["best_cheap_method"]
+    out["best_cheap_method"] = best
+    out["best_cheap_gain_points"] = (
+        points(rows, f"mnist_{best}", "mnist_fedavg") if best else None
+    )
+    over_cheap = [
+        p
+        for m in ("gan", "gan_cheap")
+        if best and (p := points(rows, f"mnist_{m}", f"mnist_{best}")) is not None
+    ]
+    out["gan_over_best_cheap_points"] = max(over_cheap, default=None)
+    out["gan_over_control_points"] = points(rows, "mnist_gan", "mnist_control")
+    out["tstr_accuracy"] = rows.get("mnist_gan", {}).get("tstr_accuracy")
+    out["tstr_accuracy_dp"] = rows.get("mnist_gan_dp", {}).get("tstr_accuracy")
+    out["epsilon_dp"] = rows.get("mnist_gan_dp", {}).get("epsilon_gan_max")
+    out["tstr_accuracy_control"] = rows.get("mnist_control", {}).get("tstr_accuracy")
+    return out
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, rounds=30)
+    parser.add_argument("--mnist-rounds", type=int, default=100)
+    parser.add_argument("--alpha", type=float, default=0.5, help="FedRS's alpha")
+    parser.add_argument("--tau", type=float, default=1.0, help="FedLC's tau")
+    parser.add_argument("--gan-rounds", type=int, default=30, help="MNIST GAN rounds")
+    parser.add_argument(
+        "--gan-steps", type=int, default=30, help="MNIST GAN batches per client"
+    )
+    parser.add_argument(
+        "--dp-noise", type=float, default=0.8, help="MNIST DP GAN noise multiplier"
+    )
+    cells = [f"{d}_{m}" for d in DATASETS for m in METHODS]
+    parser.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        help="run only these cells (comma-separated): " + ", ".join(cells),
+    )
+    args = parser.parse_args()
+    unknown = sorted(set(args.only or ()) - set(cells))
+    if unknown:
+        parser.error(f"unknown cells {unknown}; known: {', '.join(cells)}")
+    rows: dict[str, dict] = {}
+    if args.out.exists():
+        rows = json.loads(args.out.read_text()).get("rows", {})
+    bases = dataset_configs(args)
+    with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
+        for name in args.only or cells:
+            dataset, method = name.split("_", 1)
+            config = {**bases[dataset], **method_settings(dataset, method, args, rows)}
+            rows[name] = run(name, config, Path(tmp))
+            write_json(args.out, summarize(rows, args))
+            r = rows[name]
+            print(
+                f"{name:18s} final {r['central_accuracy']:.4f} "
+                f"last5 {r['last5_mean_accuracy']:.4f} "
+                + (f"tstr {r['tstr_accuracy']:.4f} " if "tstr_accuracy" in r else "")
+                + f"{r['wall_s']:.0f} s",
+                flush=True,
+            )
+    result = summarize(rows, args)
+    write_json(args.out, result)
     print(
-        f"best_cheap_gain_points {result['best_cheap_gain_points']:+.2f} "
-        f"({result['best_cheap_method']}) -> {args.out}"
+        {k: result[k] for k in result if k.endswith(("points", "accuracy", "_dp"))},
+        "->",
+        args.out,
     )
 
 
