@@ -125,6 +125,7 @@ CELLS: dict[str, tuple[str, dict]] = {
     "dpsgd_eps1_lr2": ("dp-sgd", _dpsgd(3.45, 1.0, 1.2, lr=2.0)),
     "dpsgd_eps3_lr2_e30": ("dp-sgd", _dpsgd(1.916, 1.0, 3.0, lr=2.0, rounds=30)),
     "dpsgd_eps8_lr2_e30": ("dp-sgd", _dpsgd(1.026, 1.0, 8.0, lr=2.0, rounds=30)),
+    "dpsgd_eps8_lr4_e30": ("dp-sgd", _dpsgd(1.026, 1.0, 8.0, lr=4.0, rounds=30)),
     "clientdp_1000_non_dp": ("non-dp", _client_level(1000, 50, "none", 0.0)),
     "clientdp_1000_fixed": (
         "client-dp",
