@@ -11,8 +11,8 @@ Sample-level DP-SGD runs on the clients with tensorflow-privacy, in one of two w
   ``DPKerasAdamOptimizer``, :func:`dp_optimizer`), which take the Jacobian of the
   batch's per-example losses: ``pfor`` over the B losses, each differentiated through
   the whole batch's graph, so a step costs about B backward passes of the batch
-  rather than of one example (2.6 s against 0.054 s a step of the tutorial CNN at
-  batch 256 on two cores; BENCHMARKS.md "Privacy on MNIST").
+  rather than of one example (4.97 s against 0.065 s a step of the tutorial CNN at
+  batch 256 on one thread; BENCHMARKS.md "Privacy on MNIST").
 
 Its package ``__init__`` imports TensorFlow 1 estimator code that fails on
 TensorFlow 2.21; setting ``sys.skip_tf_privacy_import`` before the first import skips
