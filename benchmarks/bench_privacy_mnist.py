@@ -237,7 +237,7 @@ def plot(rows: list[dict], path: Path) -> None:
         label="tensorflow-privacy tutorial (centralized)",
     )
     for prefix, style, label in (
-        ("dpsgd_", "o-", "record-level DP-SGD, 10 clients"),
+        ("dpsgd_", "o", "record-level DP-SGD, 10 clients (every cell)"),
         ("clientdp_1000_", "s", "client-level DP, N=1,000"),
         ("clientdp_10000_", "d", "client-level DP, N=10,000"),
     ):
