@@ -152,6 +152,20 @@ CELLS: dict[str, tuple[str, dict]] = {
             **{"clientdp-clipping-norm": 0.5, "client-local-epochs": 5},
         ),
     ),
+    "clientdp_10000_fixed_eps8_m09": (
+        "client-dp",
+        _client_level(
+            10000,
+            50,
+            "server-fixed",
+            0.48,
+            **{
+                "clientdp-clipping-norm": 0.5,
+                "client-local-epochs": 5,
+                "clientdp-server-momentum": 0.9,
+            },
+        ),
+    ),
     "clientdp_10000_fixed_eps3": (
         "client-dp",
         _client_level(
