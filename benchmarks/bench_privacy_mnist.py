@@ -108,6 +108,8 @@ def _client_level(n: int, rounds: int, mode: str, noise: float, **more) -> dict:
     return config
 
 
+CLIP = {"clientdp-clipping-norm": 0.5}
+E5 = {"client-local-epochs": 5}
 # Settings: rounds of one local epoch each (epochs per client = rounds) and the
 # noise that keeps each client's ε under its target at q = 256 / 6,000; the first
 # three at the tutorial's rate 0.25, the ``_lr*`` ones search the rate, the
@@ -138,19 +140,10 @@ CELLS: dict[str, tuple[str, dict]] = {
         ),
     ),
     # 6 rows a client: 5 local epochs (5 steps of the whole 6 rows) a round
-    "clientdp_10000_non_dp": (
-        "non-dp",
-        _client_level(10000, 50, "none", 0.0, **{"client-local-epochs": 5}),
-    ),
+    "clientdp_10000_non_dp": ("non-dp", _client_level(10000, 50, "none", 0.0, **E5)),
     "clientdp_10000_fixed_eps8": (
         "client-dp",
-        _client_level(
-            10000,
-            50,
-            "server-fixed",
-            0.48,
-            **{"clientdp-clipping-norm": 0.5, "client-local-epochs": 5},
-        ),
+        _client_level(10000, 50, "server-fixed", 0.48, **E5, **CLIP),
     ),
     "clientdp_10000_fixed_eps8_m09": (
         "client-dp",
@@ -159,22 +152,14 @@ CELLS: dict[str, tuple[str, dict]] = {
             50,
             "server-fixed",
             0.48,
-            **{
-                "clientdp-clipping-norm": 0.5,
-                "client-local-epochs": 5,
-                "clientdp-server-momentum": 0.9,
-            },
+            **E5,
+            **CLIP,
+            **{"clientdp-server-momentum": 0.9},
         ),
     ),
     "clientdp_10000_fixed_eps3": (
         "client-dp",
-        _client_level(
-            10000,
-            50,
-            "server-fixed",
-            0.69,
-            **{"clientdp-clipping-norm": 0.5, "client-local-epochs": 5},
-        ),
+        _client_level(10000, 50, "server-fixed", 0.69, **E5, **CLIP),
     ),
 }
 TARGETS = {  # figure: (cells it takes the best of, largest ε, least accuracy)
