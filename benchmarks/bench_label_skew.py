@@ -94,6 +94,8 @@ def gan_settings(dataset: str, method: str, args) -> dict[str, Any]:
             "synthetic-local-steps": args.gan_steps,
             "synthetic-tstr-rows": 1000,
         }
+        if args.gan_diversity is not None:
+            gan["synthetic-diversity-weight"] = args.gan_diversity
         dp = {
             "synthetic-dp": True,
             "synthetic-batch-size": 16,
@@ -213,6 +215,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--dp-noise", type=float, default=0.8, help="MNIST DP GAN noise multiplier"
+    )
+    parser.add_argument(
+        "--gan-diversity",
+        type=float,
+        help="MNIST GAN's mode-seeking weight (default: the setting's default, 1.0)",
     )
     cells = [f"{d}_{m}" for d in DATASETS for m in METHODS]
     parser.add_argument(
