@@ -47,6 +47,29 @@ def bench_parser(doc: str, rounds: int | None = 20) -> argparse.ArgumentParser:
     return parser
 
 
+def add_only(parser: argparse.ArgumentParser, known: list[str]) -> None:
+    """Add ``--only A,B``: a comma-separated subset of ``known`` (unknown: an error).
+
+    ``args.only`` is the list of names, or None without the option.
+    """
+
+    def names(value: str) -> list[str]:
+        chosen = value.split(",")
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {unknown}; known: {', '.join(known)}"
+            )
+        return chosen
+
+    parser.add_argument(
+        "--only",
+        type=names,
+        metavar="A,B",
+        help="run only these (comma-separated): " + ", ".join(known),
+    )
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write a benchmark's figures to ``path`` (its directory made if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import bench_parser, simulate, write_json  # noqa: E402
+from _common import add_only, bench_parser, simulate, write_json  # noqa: E402
 
 from fl_app.core.results import read_rows  # noqa: E402
 
@@ -222,15 +222,8 @@ def main() -> None:
         help="MNIST GAN's mode-seeking weight (default: the setting's default, 1.0)",
     )
     cells = [f"{d}_{m}" for d in DATASETS for m in METHODS]
-    parser.add_argument(
-        "--only",
-        type=lambda v: v.split(","),
-        help="run only these cells (comma-separated): " + ", ".join(cells),
-    )
+    add_only(parser, cells)
     args = parser.parse_args()
-    unknown = sorted(set(args.only or ()) - set(cells))
-    if unknown:
-        parser.error(f"unknown cells {unknown}; known: {', '.join(cells)}")
     rows: dict[str, dict] = {}
     if args.out.exists():
         rows = json.loads(args.out.read_text()).get("rows", {})

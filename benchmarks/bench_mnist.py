@@ -59,7 +59,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import bench_parser, progress_echo, write_json  # noqa: E402
+from _common import add_only, bench_parser, progress_echo, write_json  # noqa: E402
 
 from fl_app.core.config import flatten_nested, parse_run_config  # noqa: E402
 from fl_app.core.results import read_rows  # noqa: E402
@@ -441,9 +441,7 @@ def measure_load(repeats: int = 3) -> dict[str, Any]:
 
 def main() -> None:
     parser = bench_parser(__doc__, rounds=None)
-    parser.add_argument(
-        "--only", help=f"comma-separated cells/parts: {', '.join([*CELLS, *PARTS])}"
-    )
+    add_only(parser, [*CELLS, *PARTS])
     parser.add_argument("--merge", action="store_true", help="update FILE in place")
     parser.add_argument("--rounds", type=int, help="cap instead of the preset's")
     parser.add_argument("--lr", type=float, help="instead of the preset's rate")
@@ -463,10 +461,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep the runs' outputs here")
     args = parser.parse_args()
-    wanted = args.only.split(",") if args.only else [*CELLS, *PARTS]
-    unknown = set(wanted) - {*CELLS, *PARTS}
-    if unknown:
-        parser.error(f"--only: unknown {sorted(unknown)}; known: {[*CELLS, *PARTS]}")
+    wanted = args.only or [*CELLS, *PARTS]
 
     result: dict[str, Any] = {}
     if args.merge and args.out.exists():

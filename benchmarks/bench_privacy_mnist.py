@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import bench_parser, simulate, write_json  # noqa: E402
+from _common import add_only, bench_parser, simulate, write_json  # noqa: E402
 
 from fl_app.core.results import read_rows  # noqa: E402
 
@@ -310,11 +310,7 @@ def time_steps(batch: int, steps: int = 4) -> dict:
 
 def main() -> None:
     parser = bench_parser(__doc__, rounds=None)
-    parser.add_argument(
-        "--only",
-        type=lambda v: v.split(","),
-        help="run only these cells (comma-separated): " + ", ".join(CELLS),
-    )
+    add_only(parser, list(CELLS))
     parser.add_argument("--plot", type=Path, help="PNG to draw accuracy against ε in")
     parser.add_argument(
         "--no-run", action="store_true", help="run nothing (re-summarize, plot)"
@@ -333,9 +329,6 @@ def main() -> None:
         rows, timing = previous["rows"], previous.get("step_timing")
     if args.step_timing:
         timing = time_steps(args.step_timing)
-    unknown = sorted(set(args.only or ()) - set(CELLS))
-    if unknown:
-        parser.error(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
     names = [] if args.no_run else args.only or list(CELLS)
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         for name in names:
