@@ -62,15 +62,6 @@ DIGITS = {
 DATASETS = ("mnist", "digits")
 METHODS = ("fedavg", "fedrs", "fedlc", "gan", "control", "gan_cheap", "gan_dp")
 CHEAP = ("fedrs", "fedlc")
-GAN_SUMMARY = (
-    "tstr_accuracy",
-    "gan_wall_time_s",
-    "tstr_wall_time_s",
-    "gan_rounds",
-    "epsilon_gan_max",
-    "synthetic_rows",
-    "synthetic_real_rows",
-)
 
 
 def dataset_configs(args) -> dict[str, dict[str, Any]]:
@@ -159,10 +150,9 @@ def run(name: str, config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "settings": {k: v for k, v in config.items() if k.startswith(("synth", "cli"))},
     }
     if config.get("synthetic") == "gan":
-        result.update({key: summary.get(key) for key in GAN_SUMMARY})
-        result["classifier_wall_time_s"] = summary["wall_time_s"] - (
-            summary["gan_wall_time_s"] + summary["tstr_wall_time_s"]
-        )
+        from bench_synthetic import gan_figures
+
+        result.update(gan_figures(summary))
     return result
 
 

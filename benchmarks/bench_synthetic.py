@@ -70,30 +70,38 @@ def run(name: str, overrides: dict, rounds: int, workdir: Path) -> dict:
         "wall_time_s": summary["wall_time_s"],
     }
     if "synthetic" in overrides:
-        gan_time = summary["gan_wall_time_s"] + summary["tstr_wall_time_s"]
         result.update(
-            {
-                key: summary[key]
-                for key in (
-                    "tstr_accuracy",
-                    "gan_wall_time_s",
-                    "tstr_wall_time_s",
-                    "gan_rounds",
-                    "gan_bytes_up",
-                    "gan_bytes_down",
-                    "epsilon_gan_max",
-                    "synthetic_rows",
-                    "synthetic_real_rows",
-                    "synthetic_to_real_ratio",
-                )
-            },
-            classifier_wall_time_s=summary["wall_time_s"] - gan_time,
+            gan_figures(summary),
+            gan_bytes_up=summary["gan_bytes_up"],
+            gan_bytes_down=summary["gan_bytes_down"],
+            synthetic_to_real_ratio=summary["synthetic_to_real_ratio"],
             gan_losses=[
                 (r["gan_d_loss"], r["gan_g_loss"])
                 for r in read_rows(outcome.output_dir, "gan")
             ],
         )
     return result
+
+
+def gan_figures(summary: dict) -> dict:
+    """Return a GAN run's phase figures from its summary, and the classifier's time.
+
+    The classifier's wall time is the run's minus the GAN phase and the TSTR score.
+    """
+    keys = (
+        "tstr_accuracy",
+        "gan_wall_time_s",
+        "tstr_wall_time_s",
+        "gan_rounds",
+        "epsilon_gan_max",
+        "synthetic_rows",
+        "synthetic_real_rows",
+    )
+    gan_time = summary["gan_wall_time_s"] + summary["tstr_wall_time_s"]
+    return {
+        **{key: summary[key] for key in keys},
+        "classifier_wall_time_s": summary["wall_time_s"] - gan_time,
+    }
 
 
 def main() -> None:
