@@ -12,15 +12,20 @@ dataset:
 and on each, the methods:
 
 - ``fedavg``; ``fedrs`` (alpha ``--alpha``); ``fedlc`` (tau ``--tau``);
+- ``iid``: FedAvg on the same dataset dealt IID (MNIST: the
+  ``fedavg_mnist_2nn_iid`` preset), same rounds: what clients without label skew
+  reach, the room any fix for label skew has;
 - ``gan``: GAN balancing (``synthetic=gan``; on MNIST the 28x28 convolutional GAN,
   ``--gan-rounds`` GAN rounds of ``--gan-steps`` batches of 64 per sampled client,
-  TSTR on 1,000 rows per class; on digits ``conf/synthetic/gan.yaml``'s defaults);
+  generator labels ``--gan-labels``, class weight ``--gan-class-weight``, TSTR on
+  1,000 rows per class; on digits ``conf/synthetic/gan.yaml``'s defaults);
 - ``control``: the same, with a generator trained for one step (rows of noise with
   the right labels): how much of a gain is label balancing alone;
 - ``gan_cheap``: GAN balancing plus the better of FedRS and FedLC on that dataset
   (by this file's rows; run it after both);
 - ``gan_dp``: GAN balancing with DP-SGD on the discriminator (MNIST: Poisson batches
-  of 16, noise ``--dp-noise``; digits: ``bench_synthetic.py``'s DP setting).
+  of 16, noise ``--dp-noise``, uniform generator labels, the only ones DP allows;
+  digits: ``bench_synthetic.py``'s DP setting).
 
     uv run python benchmarks/bench_label_skew.py --out FILE [--only mnist_gan,...]
 
@@ -33,7 +38,8 @@ figures: per dataset the gains over FedAvg in points (mean of the last five
 rounds); on MNIST ``best_cheap_gain_points`` (best of FedRS and FedLC over FedAvg),
 ``gan_over_best_cheap_points`` (the better of ``gan`` and ``gan_cheap`` over the
 best cheap fix), ``gan_over_control_points`` (``gan`` over ``control``),
-``tstr_accuracy``, ``tstr_accuracy_dp``, ``epsilon_dp``.
+``tstr_accuracy``, ``tstr_accuracy_dp``, ``epsilon_dp``, ``iid_gain_points`` (``iid``
+over ``fedavg``).
 """
 
 from __future__ import annotations
@@ -60,20 +66,22 @@ DIGITS = {
     "save-model": False,
 }
 DATASETS = ("mnist", "digits")
-METHODS = ("fedavg", "fedrs", "fedlc", "gan", "control", "gan_cheap", "gan_dp")
+METHODS = ("fedavg", "iid", "fedrs", "fedlc", "gan", "control", "gan_cheap", "gan_dp")
 CHEAP = ("fedrs", "fedlc")
 
 
 def dataset_configs(args) -> dict[str, dict[str, Any]]:
-    """Return each dataset's base run config."""
+    """Return each dataset's base run config, and its IID one (``<dataset>_iid``)."""
     from bench_mnist import preset_config
 
-    mnist = {
-        **preset_config("fedavg_mnist_2nn_shards"),
-        "save-model": False,
-        "num-rounds": args.mnist_rounds,
+    mnist = {"save-model": False, "num-rounds": args.mnist_rounds}
+    digits = {**DIGITS, "num-rounds": args.rounds}
+    return {
+        "mnist": {**preset_config("fedavg_mnist_2nn_shards"), **mnist},
+        "mnist_iid": {**preset_config("fedavg_mnist_2nn_iid"), **mnist},
+        "digits": digits,
+        "digits_iid": {**digits, "partition": "iid"},
     }
-    return {"mnist": mnist, "digits": {**DIGITS, "num-rounds": args.rounds}}
 
 
 def gan_settings(dataset: str, method: str, args) -> dict[str, Any]:
@@ -87,8 +95,12 @@ def gan_settings(dataset: str, method: str, args) -> dict[str, Any]:
         }
         if args.gan_diversity is not None:
             gan["synthetic-diversity-weight"] = args.gan_diversity
+        if args.gan_class_weight is not None:
+            gan["synthetic-class-weight"] = args.gan_class_weight
+        gan["synthetic-generator-labels"] = args.gan_labels
         dp = {
             "synthetic-dp": True,
+            "synthetic-generator-labels": "uniform",
             "synthetic-batch-size": 16,
             "synthetic-dp-noise-multiplier": args.dp_noise,
         }
@@ -111,7 +123,7 @@ def method_settings(
         "fedrs": {"client-fedrs-alpha": args.alpha},
         "fedlc": {"client-fedlc-tau": args.tau},
     }
-    if method == "fedavg":
+    if method in ("fedavg", "iid"):
         return {}
     if method in cheap:
         return cheap[method]
@@ -147,7 +159,9 @@ def run(name: str, config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "last5_mean_accuracy": statistics.mean(accuracy[-5:]),
         "accuracy_per_round": [round(a, 5) for a in accuracy],
         "wall_s": time.perf_counter() - started,
-        "settings": {k: v for k, v in config.items() if k.startswith(("synth", "cli"))},
+        "settings": {
+            k: v for k, v in config.items() if k.startswith(("synth", "cli", "part"))
+        },
     }
     if config.get("synthetic") == "gan":
         from bench_synthetic import gan_figures
@@ -191,6 +205,7 @@ def summarize(rows: dict[str, dict], args) -> dict[str, Any]:
     out["tstr_accuracy_dp"] = rows.get("mnist_gan_dp", {}).get("tstr_accuracy")
     out["epsilon_dp"] = rows.get("mnist_gan_dp", {}).get("epsilon_gan_max")
     out["tstr_accuracy_control"] = rows.get("mnist_control", {}).get("tstr_accuracy")
+    out["iid_gain_points"] = points(rows, "mnist_iid", "mnist_fedavg")
     return out
 
 
@@ -211,6 +226,17 @@ def main() -> None:
         type=float,
         help="MNIST GAN's mode-seeking weight (default: the setting's default, 1.0)",
     )
+    parser.add_argument(
+        "--gan-class-weight",
+        type=float,
+        help="MNIST GAN's class weight (default: the setting's default, 0.3)",
+    )
+    parser.add_argument(
+        "--gan-labels",
+        choices=("uniform", "local"),
+        default="local",
+        help="MNIST GAN's generator labels (the DP GAN's are uniform)",
+    )
     cells = [f"{d}_{m}" for d in DATASETS for m in METHODS]
     add_only(parser, cells)
     args = parser.parse_args()
@@ -221,7 +247,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fl-dnn-bench-") as tmp:
         for name in args.only or cells:
             dataset, method = name.split("_", 1)
-            config = {**bases[dataset], **method_settings(dataset, method, args, rows)}
+            base = bases[name if method == "iid" else dataset]
+            config = {**base, **method_settings(dataset, method, args, rows)}
             rows[name] = run(name, config, Path(tmp))
             write_json(args.out, summarize(rows, args))
             r = rows[name]

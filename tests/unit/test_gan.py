@@ -40,6 +40,29 @@ def test_gan_step_teaches_the_discriminator_to_tell_real_from_generated():
     assert samples.shape == (3, 6) and np.all(np.isfinite(samples))
 
 
+def test_generator_labels_are_the_batchs_own_or_uniform_over_every_class():
+    # Prepare: a batch of 64 rows of classes 2 and 5 only, the step's inputs spied
+    rng = np.random.default_rng(0)
+    y = np.repeat([2, 5], 32)
+    x = rng.standard_normal((64, 6)).astype(np.float32)
+    seen = {}
+    for mode in ("local", "uniform"):
+        trainer = GanTrainer((6,), 10, latent_dim=4, seed=0, generator_labels=mode)
+
+        def spy(*args, mode=mode):
+            seen[mode] = args  # (x, y, noise, generator labels, generator noise)
+            return 0.0, 0.0
+
+        trainer._step = spy
+        trainer.step(x, y, rng)
+    # local: the batch's labels, shuffled; uniform: classes the batch lacks as well
+    local = seen["local"][3].numpy()
+    assert sorted(local) == sorted(y) and not np.array_equal(local, y)
+    assert set(seen["uniform"][3].numpy()) - {2, 5}
+    with pytest.raises(ValueError, match="outside DP-SGD"):
+        GanTrainer((6,), 10, dp=GanDp(1.0, 1.0), generator_labels="local")
+
+
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1)], ids=str)
 def test_dp_discriminator_gradients_match_tf_privacy(shape):
     import tensorflow as tf

@@ -203,6 +203,10 @@ def test_a_gan_message_to_a_run_without_synthetic_data_fails_clearly():
         ({"dpsgd": "sgd"}, "'synthetic-dp': received False, allowed: true"),
         ({"synthetic-fill": "most"}, "'synthetic-fill': received 'most'"),
         ({"synthetic-rounds": 0}, "'synthetic-rounds': received 0"),
+        (
+            {"synthetic-dp": True, "synthetic-generator-labels": "local"},
+            "'synthetic-generator-labels': received 'local'.*outside DP-SGD",
+        ),
     ],
 )
 def test_config_refuses_what_the_gan_phase_cannot_combine_with(extra, match):

@@ -77,6 +77,7 @@ def get_trainer(
         dp=dp,
         class_weight=synthetic.class_weight,
         diversity_weight=synthetic.diversity_weight,
+        generator_labels=synthetic.generator_labels,
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 import fl_app  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from fl_app.features.synthetic.settings import GENERATOR_LABELS
 
 keras = tf.keras
 
@@ -133,12 +134,15 @@ class GanTrainer:
 
     The discriminator learns to score real rows of each class as real, generated
     rows (of the same labels) as fake, and to tell the class of real rows; the
-    generator learns, for labels drawn uniformly over all classes, to make rows the
-    discriminator scores as real and of the class asked for, and rows of one class
-    that differ as their noise does (the mode-seeking term, ``diversity_weight``).
-    Uniform labels let a client with few classes keep training the generator on
-    every class against the federated discriminator; they also mean nothing of a
-    real batch reaches the generator except through the discriminator. Adam
+    generator learns to make rows the discriminator scores as real and of the class
+    asked for, and rows of one class that differ as their noise does (the
+    mode-seeking term, ``diversity_weight``). The generator's labels
+    (``generator_labels``): ``uniform`` draws them uniformly over all classes, so a
+    client with few classes still trains the generator on every class against the
+    federated discriminator, and nothing of a real batch reaches the generator
+    except through the discriminator; ``local`` takes the real batch's labels
+    (shuffled), so each client trains the generator only on classes its
+    discriminator has seen real rows of. Adam
     (β₁ = 0.5) for both, the discriminator at its own rate (two time-scale updates,
     Heusel et al., 2017). With ``dp``, the discriminator's step is DP-SGD's
     (:meth:`dp_gradients`: per-row gradients, each real row with the generated row
@@ -157,8 +161,20 @@ class GanTrainer:
         dp: GanDp | None = None,
         class_weight: float = 1.0,
         diversity_weight: float = 0.0,
+        generator_labels: str = "uniform",
     ) -> None:
+        if generator_labels not in GENERATOR_LABELS:
+            raise ValueError(
+                f"generator_labels must be one of {GENERATOR_LABELS}, "
+                f"received {generator_labels!r}"
+            )
+        if dp is not None and generator_labels == "local":
+            raise ValueError(
+                "generator_labels='local' with DP: the real batch's labels would "
+                "reach the generator outside DP-SGD's accounting"
+            )
         keras.utils.set_random_seed(seed)
+        self.generator_labels = generator_labels
         self.class_weight = class_weight
         self.diversity_weight = diversity_weight
         self.latent_dim = latent_dim
@@ -266,7 +282,10 @@ class GanTrainer:
         n = len(y)
         noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
         g_noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
-        g_labels = rng.integers(0, self.num_classes, n).astype(np.int32)
+        if self.generator_labels == "local":
+            g_labels = rng.permutation(y).astype(np.int32)
+        else:
+            g_labels = rng.integers(0, self.num_classes, n).astype(np.int32)
         d_loss, g_loss = self._step(
             tf.constant(x),
             tf.constant(y.astype(np.int32)),

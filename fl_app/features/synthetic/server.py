@@ -71,6 +71,7 @@ class GanServer(NodeExchange):
             seed=run.cfg.seed,
             class_weight=syn.class_weight,
             diversity_weight=syn.diversity_weight,
+            generator_labels=syn.generator_labels,
         )
         self.generator, self.discriminator = self.trainer.get_weights()
 

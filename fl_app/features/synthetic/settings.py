@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 SYNTHETIC_MODES = ("none", "gan")
 SYNTHETIC_FILLS = ("largest", "count")
+GENERATOR_LABELS = ("uniform", "local")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class SyntheticConfig:
         non_negative,
         help="weight of the generator's mode-seeking term, which keeps samples of "
         "one class apart",
+    )
+    generator_labels: str = setting(
+        "uniform",
+        choices=GENERATOR_LABELS,
+        help="uniform: the generator trains on every class on every client; local: "
+        "on the labels of the client's real batch (not with synthetic-dp)",
     )
     fill: str = setting(
         "largest",
@@ -113,6 +120,13 @@ class SyntheticConfig:
             ),
         )
         refuse_first(refusals)
+        if self.dp and self.generator_labels == "local":
+            raise fail(
+                "synthetic-generator-labels",
+                self.generator_labels,
+                "'uniform' with synthetic-dp=true: 'local' trains the generator on "
+                "the real batch's labels, which reach it outside DP-SGD's accounting",
+            )
         if run.checkpoint.resume:
             raise fail(
                 "resume",
