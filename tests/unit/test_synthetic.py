@@ -80,6 +80,43 @@ def test_a_gan_round_on_a_node_trains_both_networks_and_reports_its_rows():
         assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
 
 
+def test_the_generator_trains_on_every_kth_batch_with_discriminator_steps(monkeypatch):
+    # Prepare: 6 local batches, a generator step every 3rd; the trainer's step spied
+    from fl_app.features.synthetic.gan import GanTrainer
+
+    ctx = context({"synthetic-local-steps": 6, "synthetic-discriminator-steps": 3})
+    node = SyntheticNode(parse_run_config(ctx.run_config), ctx)
+    calls = []
+    real_step = GanTrainer.step
+
+    def spy(self, x, y, rng, train_generator=True):
+        calls.append(train_generator)
+        return real_step(self, x, y, rng, train_generator)
+
+    monkeypatch.setattr(GanTrainer, "step", spy)
+    sent = gan_message(node, 1)
+    reply = node.train(sent)
+    assert calls == [False, False, True, False, False, True]
+    assert np.isfinite(reply.config_records["result"]["g_loss"])  # its 2 steps' mean
+
+
+def test_a_discriminator_only_step_leaves_the_generator_unchanged():
+    from fl_app.features.synthetic.gan import GanTrainer
+
+    rng = np.random.default_rng(0)
+    trainer = GanTrainer((6,), 2, latent_dim=4, seed=0)
+    x = rng.standard_normal((16, 6)).astype(np.float32)
+    y = rng.integers(0, 2, 16)
+    generator, discriminator = trainer.get_weights()
+    d_loss, g_loss = trainer.step(x, y, rng, train_generator=False)
+    assert np.isfinite(d_loss) and np.isnan(g_loss)
+    after_g, after_d = trainer.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(after_g, generator, strict=True))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(after_d, discriminator, strict=True)
+    )
+
+
 def test_dp_gan_steps_are_accounted_in_the_node_state_and_never_go_back():
     ctx = context({"synthetic-dp": True, "synthetic-dp-noise-multiplier": 1.5})
     node = SyntheticNode(parse_run_config(ctx.run_config), ctx)
@@ -203,6 +240,10 @@ def test_a_gan_message_to_a_run_without_synthetic_data_fails_clearly():
         ({"dpsgd": "sgd"}, "'synthetic-dp': received False, allowed: true"),
         ({"synthetic-fill": "most"}, "'synthetic-fill': received 'most'"),
         ({"synthetic-rounds": 0}, "'synthetic-rounds': received 0"),
+        (
+            {"synthetic-local-steps": 2, "synthetic-discriminator-steps": 3},
+            "'synthetic-discriminator-steps': received 3, allowed: at most",
+        ),
         (
             {"synthetic-dp": True, "synthetic-generator-labels": "local"},
             "'synthetic-generator-labels': received 'local'.*outside DP-SGD",

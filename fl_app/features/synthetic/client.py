@@ -4,7 +4,8 @@ With ``synthetic=gan`` the ServerApp runs a GAN phase before the classifier's ro
 (:mod:`fl_app.features.synthetic.server`); the nodes answer its messages here:
 
 - ``train.gan``: the round's generator and discriminator arrive; the node trains
-  both on its real training rows for ``synthetic-local-steps`` mini-batches
+  both on its real training rows for ``synthetic-local-steps`` mini-batches (the
+  generator on every ``synthetic-discriminator-steps``-th)
   (:class:`fl_app.features.synthetic.gan.GanTrainer`; with ``synthetic-dp`` the
   discriminator takes
   DP-SGD steps on Poisson-sampled batches, the steps are accounted in the node state
@@ -127,12 +128,14 @@ class SyntheticNode:
                 rng.choice(n, size=size, replace=False) for _ in range(syn.local_steps)
             ]
         d_losses, g_losses = [], []
-        for idx in batches:
+        for i, idx in enumerate(batches, start=1):
             if len(idx) == 0:  # an empty Poisson batch: nothing to learn from
                 continue
-            d_loss, g_loss = trainer.step(train.x[idx], train.y[idx], rng)
+            both = i % syn.discriminator_steps == 0  # else the discriminator only
+            d_loss, g_loss = trainer.step(train.x[idx], train.y[idx], rng, both)
             d_losses.append(d_loss)
-            g_losses.append(g_loss)
+            if both:
+                g_losses.append(g_loss)
         generator, discriminator = trainer.get_weights()
         result: dict = {
             "partition_id": self.partition_id,

@@ -245,6 +245,7 @@ class GanTrainer:
         noise: tf.Tensor,
         g_labels: tf.Tensor,
         g_noise: tf.Tensor,
+        train_generator: bool = True,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         g_vars = self.generator.trainable_variables
         d_vars = self.discriminator.trainable_variables
@@ -256,6 +257,8 @@ class GanTrainer:
         else:  # per-row clipping and noise
             grads = self.dp_gradients(x, y, tf.stop_gradient(fake))
         self.d_optimizer.apply_gradients(zip(grads, d_vars, strict=True))
+        if not train_generator:  # a discriminator step only (traced apart)
+            return d_loss, tf.constant(np.nan, tf.float32)
         with tf.GradientTape() as tape:
             fake = self.generator([g_noise, g_labels], training=True)
             out = self.discriminator([fake, g_labels], training=True)
@@ -276,9 +279,17 @@ class GanTrainer:
         return d_loss, g_loss
 
     def step(
-        self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        rng: np.random.Generator,
+        train_generator: bool = True,
     ) -> tuple[float, float]:
-        """Train both networks on one batch of real rows; return (D loss, G loss)."""
+        """Train on one batch of real rows; return (D loss, G loss).
+
+        The discriminator always takes a step; the generator too unless
+        ``train_generator`` is false (its loss is then NaN).
+        """
         n = len(y)
         noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
         g_noise = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
@@ -292,6 +303,7 @@ class GanTrainer:
             tf.constant(noise),
             tf.constant(g_labels),
             tf.constant(g_noise),
+            bool(train_generator),
         )
         return float(d_loss), float(g_loss)
 

@@ -23,7 +23,8 @@ class SyntheticConfig:
 
     Before the classifier's rounds, the clients train a conditional generator and
     discriminator together for ``rounds`` GAN rounds (``local_steps`` mini-batches
-    each, FedAvg of both networks); each client then adds generated rows of its
+    each, the generator trained on every ``discriminator_steps``-th, FedAvg of both
+    networks); each client then adds generated rows of its
     missing and minority classes to its training rows (never to its evaluation
     rows): up to its largest class (``fill=largest``) or to ``fill_count`` rows per
     class (``fill=count``). ``dp``: DP-SGD on the discriminator
@@ -39,6 +40,13 @@ class SyntheticConfig:
     rounds: int = setting(100, ">= 1 (GAN rounds before the classifier's)", positive)
     local_steps: int = setting(
         50, ">= 1 (mini-batches per client per GAN round)", positive
+    )
+    discriminator_steps: int = setting(
+        1,
+        ">= 1, <= synthetic-local-steps",
+        positive,
+        help="discriminator steps per generator step: every k-th batch trains the "
+        "generator too",
     )
     batch_size: int = setting(64, ">= 1", positive)
     latent_dim: int = setting(32, ">= 1", positive)
@@ -120,6 +128,13 @@ class SyntheticConfig:
             ),
         )
         refuse_first(refusals)
+        if self.discriminator_steps > self.local_steps:
+            raise fail(
+                "synthetic-discriminator-steps",
+                self.discriminator_steps,
+                f"at most synthetic-local-steps ({self.local_steps}): the generator "
+                "takes a step every that many batches, so it would never train",
+            )
         if self.dp and self.generator_labels == "local":
             raise fail(
                 "synthetic-generator-labels",
