@@ -17,14 +17,16 @@ and on each, the methods:
   reach, the room any fix for label skew has;
 - ``gan``: GAN balancing (``synthetic=gan``; on MNIST the 28x28 convolutional GAN,
   ``--gan-rounds`` GAN rounds of ``--gan-steps`` batches of 64 per sampled client,
-  generator labels ``--gan-labels``, class weight ``--gan-class-weight``, TSTR on
-  1,000 rows per class; on digits ``conf/synthetic/gan.yaml``'s defaults);
+  generator labels ``--gan-labels`` (default: the batch's own), class weight
+  ``--gan-class-weight``, mode-seeking weight ``--gan-diversity``, TSTR on 1,000
+  rows per class; on digits ``conf/synthetic/gan.yaml``'s defaults);
 - ``control``: the same, with a generator trained for one step (rows of noise with
   the right labels): how much of a gain is label balancing alone;
 - ``gan_cheap``: GAN balancing plus the better of FedRS and FedLC on that dataset
   (by this file's rows; run it after both);
-- ``gan_dp``: GAN balancing with DP-SGD on the discriminator (MNIST: Poisson batches
-  of 16, noise ``--dp-noise``, uniform generator labels, the only ones DP allows;
+- ``gan_dp``: GAN balancing with DP-SGD on the discriminator (MNIST:
+  ``--dp-rounds`` GAN rounds, Poisson batches of 16, noise ``--dp-noise``,
+  ``--dp-discriminator-steps``, uniform generator labels, the only ones DP allows;
   digits: ``bench_synthetic.py``'s DP setting).
 
     uv run python benchmarks/bench_label_skew.py --out FILE [--only mnist_gan,...]
@@ -93,13 +95,13 @@ def gan_settings(dataset: str, method: str, args) -> dict[str, Any]:
             "synthetic-local-steps": args.gan_steps,
             "synthetic-tstr-rows": 1000,
         }
-        if args.gan_diversity is not None:
-            gan["synthetic-diversity-weight"] = args.gan_diversity
-        if args.gan_class_weight is not None:
-            gan["synthetic-class-weight"] = args.gan_class_weight
+        gan["synthetic-diversity-weight"] = args.gan_diversity
+        gan["synthetic-class-weight"] = args.gan_class_weight
         gan["synthetic-generator-labels"] = args.gan_labels
         dp = {
             "synthetic-dp": True,
+            "synthetic-rounds": args.dp_rounds,
+            "synthetic-discriminator-steps": args.dp_discriminator_steps,
             "synthetic-generator-labels": "uniform",
             "synthetic-batch-size": 16,
             "synthetic-dp-noise-multiplier": args.dp_noise,
@@ -214,22 +216,28 @@ def main() -> None:
     parser.add_argument("--mnist-rounds", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.5, help="FedRS's alpha")
     parser.add_argument("--tau", type=float, default=1.0, help="FedLC's tau")
-    parser.add_argument("--gan-rounds", type=int, default=30, help="MNIST GAN rounds")
+    parser.add_argument("--gan-rounds", type=int, default=20, help="MNIST GAN rounds")
     parser.add_argument(
-        "--gan-steps", type=int, default=30, help="MNIST GAN batches per client"
+        "--gan-steps", type=int, default=60, help="MNIST GAN batches per client"
+    )
+    parser.add_argument("--dp-rounds", type=int, default=15, help="MNIST DP GAN rounds")
+    parser.add_argument(
+        "--dp-noise", type=float, default=0.7, help="MNIST DP GAN noise multiplier"
     )
     parser.add_argument(
-        "--dp-noise", type=float, default=0.8, help="MNIST DP GAN noise multiplier"
+        "--dp-discriminator-steps",
+        type=int,
+        default=1,
+        help="MNIST DP GAN's discriminator steps per generator step",
     )
     parser.add_argument(
         "--gan-diversity",
         type=float,
-        help="MNIST GAN's mode-seeking weight (default: the setting's default, 1.0)",
+        default=0.0,
+        help="MNIST GAN's mode-seeking weight",
     )
     parser.add_argument(
-        "--gan-class-weight",
-        type=float,
-        help="MNIST GAN's class weight (default: the setting's default, 0.3)",
+        "--gan-class-weight", type=float, default=1.0, help="MNIST GAN's class weight"
     )
     parser.add_argument(
         "--gan-labels",
