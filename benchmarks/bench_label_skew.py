@@ -18,7 +18,8 @@ and on each, the methods:
 - ``gan``: GAN balancing (``synthetic=gan``; on MNIST the 28x28 convolutional GAN,
   ``--gan-rounds`` GAN rounds of ``--gan-steps`` batches of 64 per sampled client,
   generator labels ``--gan-labels`` (default: the batch's own), class weight
-  ``--gan-class-weight``, mode-seeking weight ``--gan-diversity``, TSTR on 1,000
+  ``--gan-class-weight``, mode-seeking weight ``--gan-diversity``, every class
+  filled to the client's largest or to ``--gan-fill-count`` rows, TSTR on 1,000
   rows per class; on digits ``conf/synthetic/gan.yaml``'s defaults);
 - ``control``: the same, with a generator trained for one step (rows of noise with
   the right labels): how much of a gain is label balancing alone;
@@ -98,6 +99,10 @@ def gan_settings(dataset: str, method: str, args) -> dict[str, Any]:
         gan["synthetic-diversity-weight"] = args.gan_diversity
         gan["synthetic-class-weight"] = args.gan_class_weight
         gan["synthetic-generator-labels"] = args.gan_labels
+        if args.gan_fill_count:
+            gan.update(
+                {"synthetic-fill": "count", "synthetic-fill-count": args.gan_fill_count}
+            )
         dp = {
             "synthetic-dp": True,
             "synthetic-rounds": args.dp_rounds,
@@ -238,6 +243,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--gan-class-weight", type=float, default=1.0, help="MNIST GAN's class weight"
+    )
+    parser.add_argument(
+        "--gan-fill-count",
+        type=int,
+        help="MNIST GAN cells fill each class to this many rows (default: to the "
+        "client's largest class)",
     )
     parser.add_argument(
         "--gan-labels",
